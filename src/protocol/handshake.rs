@@ -1,0 +1,317 @@
+//! The opening handshake, server side (RFC 6455 §4.2): an HTTP/1.1 Upgrade request in, a 101
+//! response or an HTTP error status out.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// The GUID of §1.3 that every accept key is derived with.
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Most headers a request may carry; more is answered with 431.
+pub const MAX_HEADERS: usize = 32;
+
+/// A valid upgrade request, borrowing from the bytes it was parsed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Bytes of the request head, `\r\n\r\n` included; frames may follow them.
+    pub head_len: usize,
+    pub path: &'a str,
+    pub key: &'a str,
+    pub origin: Option<&'a str>,
+}
+
+/// Why a request was refused; each maps to one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Malformed HTTP, or a required header missing or wrong (400).
+    BadRequest(&'static str),
+    /// Not a GET (405).
+    MethodNotAllowed,
+    /// Not `Sec-WebSocket-Version: 13` (426, naming the version we speak).
+    UnsupportedVersion,
+    /// The head is larger than the limit, or has too many headers (431).
+    HeadTooLarge,
+    /// The server is not taking connections (503): draining, or full.
+    Unavailable,
+    /// The `Origin` is not allowed (403).
+    Forbidden,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::Forbidden => 403,
+            Reject::MethodNotAllowed => 405,
+            Reject::UnsupportedVersion => 426,
+            Reject::HeadTooLarge => 431,
+            Reject::Unavailable => 503,
+        }
+    }
+
+    fn reason_phrase(self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "Bad Request",
+            Reject::Forbidden => "Forbidden",
+            Reject::MethodNotAllowed => "Method Not Allowed",
+            Reject::UnsupportedVersion => "Upgrade Required",
+            Reject::HeadTooLarge => "Request Header Fields Too Large",
+            Reject::Unavailable => "Service Unavailable",
+        }
+    }
+
+    /// A one-line explanation for the response body and the log.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Reject::BadRequest(why) => why,
+            Reject::Forbidden => "origin not allowed",
+            Reject::MethodNotAllowed => "a WebSocket handshake must be a GET",
+            Reject::UnsupportedVersion => "only WebSocket version 13 is supported",
+            Reject::HeadTooLarge => "request head too large",
+            Reject::Unavailable => "server is not accepting connections",
+        }
+    }
+
+    /// Appends the whole HTTP error response to `out`.
+    pub fn write_response(self, out: &mut Vec<u8>) {
+        let extra = match self {
+            Reject::MethodNotAllowed => "Allow: GET\r\n",
+            Reject::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
+            _ => "",
+        };
+        let body = self.detail();
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain\r\n{extra}Content-Length: {}\r\n\r\n",
+            self.status(),
+            self.reason_phrase(),
+            body.len() + 1
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// Returns `Ok(None)` while the head is incomplete and shorter than `max_head`.
+pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(Reject::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(_) => return Err(Reject::BadRequest("malformed HTTP request")),
+    };
+    if head_len > max_head {
+        return Err(Reject::HeadTooLarge);
+    }
+    // §4.2.1: "An HTTP/1.1 or higher GET request".
+    if req.method != Some("GET") {
+        return Err(Reject::MethodNotAllowed);
+    }
+    if req.version != Some(1) {
+        return Err(Reject::BadRequest("HTTP/1.1 is required"));
+    }
+    let path = req.path.unwrap_or("/");
+
+    let mut host = false;
+    let mut upgrade = false;
+    let mut connection = false;
+    let mut version = None;
+    let mut key = None;
+    let mut origin = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(h.value, "websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(h.value, "upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            version = Some(h.value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            if key.is_some() {
+                return Err(Reject::BadRequest("more than one Sec-WebSocket-Key"));
+            }
+            key = Some(h.value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = std::str::from_utf8(h.value).ok();
+        }
+    }
+    if !host {
+        return Err(Reject::BadRequest("missing Host header"));
+    }
+    if !upgrade {
+        return Err(Reject::BadRequest("missing Upgrade: websocket"));
+    }
+    if !connection {
+        return Err(Reject::BadRequest("Connection header must contain upgrade"));
+    }
+    if version.map(trim) != Some(b"13".as_slice()) {
+        return Err(Reject::UnsupportedVersion);
+    }
+    let key = key
+        .map(trim)
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| is_valid_key(k))
+        .ok_or(Reject::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ))?;
+    Ok(Some(Request {
+        head_len,
+        path,
+        key,
+        origin,
+    }))
+}
+
+/// §4.2.1 item 5: the key "when decoded, is 16 bytes in length".
+fn is_valid_key(key: &str) -> bool {
+    let mut decoded = [0u8; 18];
+    matches!(BASE64.decode_slice(key, &mut decoded), Ok(16))
+}
+
+/// Whether a comma-separated header value holds `token` (any case), e.g. `keep-alive, Upgrade`.
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// `Sec-WebSocket-Accept` for a key (§1.3, §4.2.2 item 5.4).
+pub fn accept_key(key: &str) -> [u8; 28] {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID);
+    let mut out = [0u8; 28];
+    // A 20-byte digest is always 28 base64 characters.
+    let _ = BASE64.encode_slice(sha.finalize(), &mut out);
+    out
+}
+
+/// Appends the 101 response that completes the handshake for `key`.
+pub fn write_accept(key: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
+    out.extend_from_slice(&accept_key(key));
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn with(replace: &str, by: &str) -> Vec<u8> {
+        String::from_utf8(GOOD.to_vec())
+            .unwrap()
+            .replace(replace, by)
+            .into_bytes()
+    }
+
+    /// §1.3: the sample nonce and its accept value.
+    #[test]
+    fn rfc_key_and_accept() {
+        assert_eq!(
+            &accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let req = parse_request(GOOD, 8192).unwrap().unwrap();
+        assert_eq!(req.path, "/chat");
+        assert_eq!(req.key, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(req.origin, Some("http://example.com"));
+        assert_eq!(req.head_len, GOOD.len());
+        let mut out = Vec::new();
+        write_accept(req.key, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn partial_until_complete_then_frames_may_follow() {
+        for end in 0..GOOD.len() {
+            assert_eq!(parse_request(&GOOD[..end], 8192), Ok(None), "prefix {end}");
+        }
+        let mut more = GOOD.to_vec();
+        more.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        assert_eq!(
+            parse_request(&more, 8192).unwrap().unwrap().head_len,
+            GOOD.len()
+        );
+    }
+
+    #[test]
+    fn header_tokens_any_case() {
+        let req = with("Connection: Upgrade", "connection: keep-alive, UPGRADE");
+        assert!(parse_request(&req, 8192).unwrap().is_some());
+        let req = with("Upgrade: websocket", "upgrade: WebSocket");
+        assert!(parse_request(&req, 8192).unwrap().is_some());
+    }
+
+    #[test]
+    fn rejections_and_their_status() {
+        let cases: &[(Vec<u8>, u16)] = &[
+            (with("GET /chat", "POST /chat"), 405),
+            (with("HTTP/1.1\r\nHost", "HTTP/1.0\r\nHost"), 400),
+            (with("Upgrade: websocket\r\n", ""), 400),
+            (with("Connection: Upgrade", "Connection: keep-alive"), 400),
+            (
+                with("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+                426,
+            ),
+            (with("Sec-WebSocket-Version: 13\r\n", ""), 426),
+            (with("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), 400),
+            (with("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"), 400),
+            (
+                with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                400,
+            ),
+            (with("Host: server.example.com\r\n", ""), 400),
+            (b"\x16\x03\x01garbage\r\n\r\n".to_vec(), 400),
+        ];
+        for (req, status) in cases {
+            let got = parse_request(req, 8192).map_err(Reject::status);
+            assert_eq!(got, Err(*status), "{}", String::from_utf8_lossy(req));
+        }
+    }
+
+    #[test]
+    fn oversized_heads_get_431() {
+        assert_eq!(parse_request(GOOD, 64), Err(Reject::HeadTooLarge));
+        let partial = &GOOD[..100];
+        assert_eq!(parse_request(partial, 100), Err(Reject::HeadTooLarge));
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = with("Origin", &format!("{many}Origin"));
+        assert_eq!(parse_request(&req, 1 << 20), Err(Reject::HeadTooLarge));
+    }
+
+    #[test]
+    fn error_responses_name_their_status() {
+        let mut out = Vec::new();
+        Reject::UnsupportedVersion.write_response(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+}

@@ -1,0 +1,353 @@
+//! One WebSocket connection's protocol state after the handshake: frames in, events and frames
+//! out.
+//!
+//! Call order: feed the bytes read so far to [`Session::poll_input`] repeatedly, advancing by
+//! `consumed` each time, until it answers [`Input::NeedMore`]; bytes not consumed must be passed
+//! again, unchanged and at the front, together with the bytes that arrive next (a partial frame
+//! is unmasked and checked in place as it grows). Output (Pong, Close, and the messages sent with
+//! [`Session::send`]) is appended to the caller's buffer. The session never reads a clock: the
+//! caller runs the close timeout once [`Session::close_state`] leaves `Open`.
+
+use super::close::{parse_close_payload, truncate_reason, CloseCode, CloseFrame, CloseState};
+use super::frame::{decode_header, unmask, write_frame, OpCode, Role};
+use super::message::{Assembler, DataKind, Message};
+use super::ProtocolError;
+
+/// Size limits a session enforces on what it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame payload accepted (1009 past it).
+    pub max_frame_size: u64,
+    /// Largest message accepted, summed over its fragments (1009 past it).
+    pub max_message_size: u64,
+}
+
+/// What the peer did, as seen by the handler.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete data message.
+    Message(Message<'a>),
+    /// A Ping; its Pong is already queued when the connection is open.
+    Ping(&'a [u8]),
+    /// A Pong.
+    Pong(&'a [u8]),
+    /// The peer's Close; an answer is queued if we had not sent a Close yet.
+    Close(CloseFrame<'a>),
+}
+
+/// The result of one [`Session::poll_input`] step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// No complete frame at the front of the input. `frame_len` is the whole size of the frame
+    /// there once its header is known, so the caller can size its buffer.
+    NeedMore { frame_len: Option<u64> },
+    /// `consumed` bytes were used (a frame, or input that is being discarded).
+    Consumed {
+        consumed: usize,
+        event: Option<Event<'a>>,
+    },
+}
+
+/// The protocol state of one connection.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    limits: Limits,
+    close: CloseState,
+    assembler: Assembler,
+    /// Payload bytes of the partial frame at the front of the input already unmasked and checked.
+    unmasked: usize,
+    /// Bytes of an ignored frame still to be skipped (data frames after we sent a Close).
+    skip: u64,
+    /// The assembler holds a message that was delivered and must be cleared on the next step.
+    delivered: bool,
+    /// State of the mask generator (client role only).
+    mask_state: u64,
+}
+
+impl Session {
+    /// A session for `role`; `seed` feeds the client's masking keys (unused by a server).
+    pub fn new(role: Role, limits: Limits, seed: u64) -> Session {
+        Session {
+            role,
+            limits,
+            close: CloseState::Open,
+            assembler: Assembler::default(),
+            unmasked: 0,
+            skip: 0,
+            delivered: false,
+            mask_state: seed | 1,
+        }
+    }
+
+    pub fn close_state(&self) -> CloseState {
+        self.close
+    }
+
+    /// The message assembler, for lending it a pooled buffer or taking its buffer back.
+    pub fn assembler_mut(&mut self) -> &mut Assembler {
+        &mut self.assembler
+    }
+
+    /// Decodes the next frame at the front of `input` and acts on it.
+    ///
+    /// On a protocol error the session queues a Close with the error's code (when it may still
+    /// send), moves to `Failed`, and returns the error; later calls discard all input.
+    pub fn poll_input<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Input<'a>, ProtocolError> {
+        if self.delivered {
+            self.delivered = false;
+            self.assembler.reset();
+        }
+        if input.is_empty() {
+            return Ok(Input::NeedMore { frame_len: None });
+        }
+        if !self.close.reads_frames() {
+            return Ok(consumed(input.len()));
+        }
+        if self.skip > 0 {
+            let n = self.skip.min(input.len() as u64);
+            self.skip -= n;
+            return Ok(consumed(n as usize));
+        }
+        self.step(input, out)
+    }
+
+    fn step<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Input<'a>, ProtocolError> {
+        let header = match decode_header(input, self.role) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Ok(Input::NeedMore { frame_len: None }),
+            Err(e) => return Err(self.fail(e, out)),
+        };
+        let frame_len = header.header_len as u64 + header.payload_len;
+        if !header.opcode.is_control() {
+            if self.close == CloseState::ClosedByUs {
+                // After our Close, data frames are ignored, not buffered.
+                self.skip = frame_len;
+                let n = self.skip.min(input.len() as u64);
+                self.skip -= n;
+                return Ok(consumed(n as usize));
+            }
+            if let Err(e) = self.check_data_header(header.opcode, header.payload_len) {
+                return Err(self.fail(e, out));
+            }
+        }
+
+        let text = self.is_text_frame(header.opcode);
+        let payload_start = header.header_len;
+        let available = input.len() - payload_start;
+        if (available as u64) < header.payload_len {
+            // Partial frame: unmask and check what has arrived, so bad UTF-8 fails now (§8.1).
+            if available > self.unmasked {
+                let fresh = &mut input[payload_start + self.unmasked..];
+                if let Some(mask) = header.mask {
+                    unmask(fresh, mask, self.unmasked);
+                }
+                if text {
+                    if let Err(e) = self.assembler.check_text(fresh) {
+                        return Err(self.fail(e, out));
+                    }
+                }
+                self.unmasked = available;
+            }
+            return Ok(Input::NeedMore {
+                frame_len: Some(frame_len),
+            });
+        }
+
+        let len = header.payload_len as usize;
+        let payload = &mut input[payload_start..payload_start + len];
+        let fresh_from = std::mem::take(&mut self.unmasked);
+        if let Some(mask) = header.mask {
+            unmask(&mut payload[fresh_from..], mask, fresh_from);
+        }
+        let payload: &'a [u8] = payload;
+        let consumed_len = frame_len as usize;
+
+        let event = match header.opcode {
+            OpCode::Text if header.fin => {
+                // The pieces checked while the frame arrived only served to fail fast; this
+                // one pass over the whole payload is the answer and yields the `&str`.
+                self.assembler.reset();
+                match std::str::from_utf8(payload) {
+                    Ok(s) => Event::Message(Message::Text(s)),
+                    Err(_) => return Err(self.fail(ProtocolError::InvalidUtf8, out)),
+                }
+            }
+            OpCode::Binary if header.fin => Event::Message(Message::Binary(payload)),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if text {
+                    if let Err(e) = self.assembler.check_text(&payload[fresh_from..]) {
+                        return Err(self.fail(e, out));
+                    }
+                }
+                if header.opcode == OpCode::Continuation {
+                    self.assembler.push(payload);
+                } else {
+                    let kind = if text {
+                        DataKind::Text
+                    } else {
+                        DataKind::Binary
+                    };
+                    self.assembler.start(kind, payload);
+                }
+                if !header.fin {
+                    return Ok(consumed(consumed_len));
+                }
+                if text && !self.assembler.text_complete() {
+                    return Err(self.fail(ProtocolError::InvalidUtf8, out));
+                }
+                self.delivered = true;
+                Event::Message(self.assembler.finish())
+            }
+            OpCode::Ping => {
+                if self.close.can_send() {
+                    self.write(out, OpCode::Pong, payload);
+                }
+                Event::Ping(payload)
+            }
+            OpCode::Pong => Event::Pong(payload),
+            OpCode::Close => match parse_close_payload(payload) {
+                Ok(frame) => {
+                    self.on_peer_close(frame, out);
+                    Event::Close(frame)
+                }
+                Err(e) => return Err(self.fail(e, out)),
+            },
+        };
+        Ok(consumed_with(consumed_len, Some(event)))
+    }
+
+    /// Frame-level rules of §5.4 and the size limits, checked before any payload is buffered.
+    fn check_data_header(&self, opcode: OpCode, payload_len: u64) -> Result<(), ProtocolError> {
+        if payload_len > self.limits.max_frame_size {
+            return Err(ProtocolError::FrameTooBig);
+        }
+        let open = self.assembler.open_kind();
+        match (opcode, open) {
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            _ => {}
+        }
+        let so_far = if open.is_some() {
+            self.assembler.len() as u64
+        } else {
+            0
+        };
+        if so_far + payload_len > self.limits.max_message_size {
+            return Err(ProtocolError::MessageTooBig);
+        }
+        Ok(())
+    }
+
+    fn is_text_frame(&self, opcode: OpCode) -> bool {
+        match opcode {
+            OpCode::Text => true,
+            OpCode::Continuation => self.assembler.open_kind() == Some(DataKind::Text),
+            _ => false,
+        }
+    }
+
+    fn on_peer_close(&mut self, frame: CloseFrame<'_>, out: &mut Vec<u8>) {
+        self.close = match self.close {
+            CloseState::Open => {
+                // §5.5.1: answer with a Close, echoing the status code received.
+                let code = frame.code.unwrap_or(CloseCode::NORMAL);
+                self.write_close(out, code, "");
+                CloseState::ClosedByPeer
+            }
+            CloseState::ClosedByUs => CloseState::Acknowledged,
+            other => other,
+        };
+    }
+
+    /// Fails the connection (§7.1.7): a Close with the error's code if we may still send one.
+    /// Returns the error, for the caller to pass on.
+    pub fn fail(&mut self, error: ProtocolError, out: &mut Vec<u8>) -> ProtocolError {
+        if self.close == CloseState::Open {
+            self.write_close(out, error.close_code(), error.reason());
+        }
+        self.close = CloseState::Failed;
+        error
+    }
+
+    /// Starts the closing handshake from our side; returns false if it had already begun.
+    pub fn close(&mut self, code: CloseCode, reason: &str, out: &mut Vec<u8>) -> bool {
+        if self.close != CloseState::Open {
+            return false;
+        }
+        self.write_close(out, code, reason);
+        self.close = CloseState::ClosedByUs;
+        true
+    }
+
+    /// Queues a data message; returns false (and queues nothing) once a Close was sent.
+    pub fn send(&mut self, message: Message<'_>, out: &mut Vec<u8>) -> bool {
+        if !self.close.can_send() {
+            return false;
+        }
+        let opcode = if message.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        self.write(out, opcode, message.as_bytes());
+        true
+    }
+
+    /// Queues a Ping (for keep-alive); returns false once a Close was sent.
+    pub fn ping(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
+        if !self.close.can_send() || payload.len() > super::frame::MAX_CONTROL_PAYLOAD {
+            return false;
+        }
+        self.write(out, OpCode::Ping, payload);
+        true
+    }
+
+    fn write_close(&mut self, out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+        let reason = truncate_reason(reason);
+        let mut payload = [0u8; 125];
+        payload[..2].copy_from_slice(&code.0.to_be_bytes());
+        payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
+        self.write(out, OpCode::Close, &payload[..2 + reason.len()]);
+    }
+
+    fn write(&mut self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+        let mask = match self.role {
+            Role::Server => None,
+            Role::Client => Some(self.next_mask()),
+        };
+        write_frame(out, true, opcode, payload, mask);
+    }
+
+    /// xorshift64*: the client's masking keys. Masking guards proxies against crafted bytes
+    /// (§10.3); a load generator needs keys that vary, not secrecy.
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.mask_state = x;
+        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32).to_le_bytes()
+    }
+}
+
+fn consumed(n: usize) -> Input<'static> {
+    Input::Consumed {
+        consumed: n,
+        event: None,
+    }
+}
+
+fn consumed_with(n: usize, event: Option<Event<'_>>) -> Input<'_> {
+    Input::Consumed { consumed: n, event }
+}
