@@ -129,7 +129,9 @@ impl Session {
         let frame_len = header.header_len as u64 + header.payload_len;
         if !header.opcode.is_control() {
             if self.close == CloseState::ClosedByUs {
-                // After our Close, data frames are ignored, not buffered.
+                // After our Close, data frames are ignored, not buffered. Part of this frame may
+                // have been unmasked before we closed: that count is this frame's, not the next.
+                self.unmasked = 0;
                 self.skip = frame_len;
                 let n = self.skip.min(input.len() as u64);
                 self.skip -= n;
@@ -350,4 +352,56 @@ fn consumed(n: usize) -> Input<'static> {
 
 fn consumed_with(n: usize, event: Option<Event<'_>>) -> Input<'_> {
     Input::Consumed { consumed: n, event }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+    };
+
+    fn masked(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(
+            &mut out,
+            fin,
+            opcode,
+            payload,
+            Some([0x37, 0xfa, 0x21, 0x3d]),
+        );
+        out
+    }
+
+    /// Found by the `session` fuzz target: a data frame partly unmasked when we sent our Close
+    /// (a drain) is skipped, and the count of its unmasked bytes must not carry over to the
+    /// next frame (it panicked slicing a shorter Close payload).
+    #[test]
+    fn frame_skipped_after_our_close_leaves_no_unmask_progress() {
+        let mut session = Session::new(Role::Server, LIMITS, 0);
+        let mut out = Vec::new();
+        let mut input = masked(true, OpCode::Text, &[b'a'; 40]);
+        let mut close = masked(true, OpCode::Close, &1000u16.to_be_bytes());
+        let mut head = input[..10].to_vec();
+        let step = session.poll_input(&mut head, &mut out).unwrap();
+        assert_eq!(
+            step,
+            Input::NeedMore {
+                frame_len: Some(46)
+            }
+        );
+        assert!(session.close(CloseCode::GOING_AWAY, "", &mut out));
+        let step = session.poll_input(&mut input, &mut out).unwrap();
+        assert_eq!(step, consumed(46));
+        let close_len = close.len();
+        let step = session.poll_input(&mut close, &mut out).unwrap();
+        let frame = CloseFrame {
+            code: Some(CloseCode::NORMAL),
+            reason: "",
+        };
+        assert_eq!(step, consumed_with(close_len, Some(Event::Close(frame))));
+        assert_eq!(session.close_state(), CloseState::Acknowledged);
+    }
 }
