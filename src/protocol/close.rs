@@ -71,11 +71,12 @@ pub fn truncate_reason(reason: &str) -> &str {
     if reason.len() <= MAX_REASON_LEN {
         return reason;
     }
-    let mut end = MAX_REASON_LEN;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    // A character is at most 4 bytes, so a boundary is among the last 4 positions; 0 always is.
+    let end = (0..=MAX_REASON_LEN)
+        .rev()
+        .find(|&end| reason.is_char_boundary(end))
+        .unwrap_or(0);
+    reason.get(..end).unwrap_or_default()
 }
 
 /// Where a connection stands in the closing handshake (§7); one enum, one `match` per event.
@@ -115,6 +116,7 @@ impl CloseState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

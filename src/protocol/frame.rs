@@ -74,10 +74,10 @@ pub struct FrameHeader {
 /// Every rule that the header alone can break is checked here, so a caller never buffers the
 /// payload of a frame that is already known to be invalid.
 pub fn decode_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, ProtocolError> {
-    let (b0, b1) = match buf {
-        [b0, b1, ..] => (*b0, *b1),
-        _ => return Ok(None),
+    let [b0, b1, rest @ ..] = buf else {
+        return Ok(None);
     };
+    let (b0, b1) = (*b0, *b1);
     // §5.2: "MUST be 0 unless an extension is negotiated"; wsd negotiates none.
     if b0 & 0x70 != 0 {
         return Err(ProtocolError::ReservedBits);
@@ -89,20 +89,17 @@ pub fn decode_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Prot
     if masked != (role == Role::Server) {
         return Err(ProtocolError::Masking);
     }
-    let (payload_len, mut header_len) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+    // The 7-bit length, or 126/127 for a 16/64-bit length that follows (§5.2).
+    let (payload_len, rest) = match b1 & 0x7F {
+        126 => match rest.split_first_chunk::<2>() {
+            Some((len, rest)) => (u64::from(u16::from_be_bytes(*len)), rest),
             None => return Ok(None),
         },
-        127 => match buf.get(2..10) {
-            Some(b) => {
-                let mut len = [0u8; 8];
-                len.copy_from_slice(b);
-                (u64::from_be_bytes(len), 10)
-            }
+        127 => match rest.split_first_chunk::<8>() {
+            Some((len, rest)) => (u64::from_be_bytes(*len), rest),
             None => return Ok(None),
         },
-        n => (u64::from(n), 2),
+        n => (u64::from(n), rest),
     };
     // §5.2: "the most significant bit MUST be 0" for the 64-bit length.
     if payload_len >> 63 != 0 {
@@ -118,21 +115,21 @@ pub fn decode_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Prot
             return Err(ProtocolError::ControlTooLong);
         }
     }
-    let mask = if masked {
-        let Some(m) = buf.get(header_len..header_len + 4) else {
-            return Ok(None);
-        };
-        header_len += 4;
-        Some([m[0], m[1], m[2], m[3]])
+    let (mask, rest) = if masked {
+        match rest.split_first_chunk::<4>() {
+            Some((key, rest)) => (Some(*key), rest),
+            None => return Ok(None),
+        }
     } else {
-        None
+        (None, rest)
     };
     Ok(Some(FrameHeader {
         fin,
         opcode,
         mask,
         payload_len,
-        header_len,
+        // `rest` is what follows the header in `buf` (at most 14 bytes in), so this never wraps.
+        header_len: buf.len().wrapping_sub(rest.len()),
     }))
 }
 
@@ -146,27 +143,34 @@ pub fn encode_header(
 ) -> usize {
     out[0] = (u8::from(fin) << 7) | opcode.bits();
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    let mut len = match payload_len {
+    // The shortest length form (§5.2); `key` is where the masking key goes.
+    let (len, key): (usize, &mut [u8; 4]) = match payload_len {
         0..=125 => {
             out[1] = mask_bit | payload_len as u8;
-            2
+            let [_, _, key @ .., _, _, _, _, _, _, _, _] = out;
+            (2, key)
         }
         126..=0xFFFF => {
             out[1] = mask_bit | 126;
             out[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
-            4
+            let [_, _, _, _, key @ .., _, _, _, _, _, _] = out;
+            (4, key)
         }
         _ => {
             out[1] = mask_bit | 127;
             out[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
-            10
+            let [_, _, _, _, _, _, _, _, _, _, key @ ..] = out;
+            (10, key)
         }
     };
-    if let Some(m) = mask {
-        out[len..len + 4].copy_from_slice(&m);
-        len += 4;
+    match mask {
+        Some(m) => {
+            *key = m;
+            // At most 10 + 4: never wraps.
+            len.wrapping_add(4)
+        }
+        None => len,
     }
-    len
 }
 
 /// Appends a whole frame (header and payload, masked with `mask` if given) to `out`.
@@ -179,12 +183,13 @@ pub fn write_frame(
 ) {
     let mut header = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut header, fin, opcode, payload.len(), mask);
-    out.reserve(n + payload.len());
-    out.extend_from_slice(&header[..n]);
+    let header = header.get(..n).unwrap_or_default();
+    out.reserve(header.len().saturating_add(payload.len()));
+    out.extend_from_slice(header);
     let start = out.len();
     out.extend_from_slice(payload);
-    if let Some(m) = mask {
-        unmask(&mut out[start..], m, 0);
+    if let (Some(m), Some(written)) = (mask, out.get_mut(start..)) {
+        unmask(written, m, 0);
     }
 }
 
@@ -217,6 +222,11 @@ fn rotate_mask(mask: [u8; 4], offset: usize) -> [u8; 4] {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -85,7 +85,7 @@ impl Reject {
             "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain\r\n{extra}Content-Length: {}\r\n\r\n",
             self.status(),
             self.reason_phrase(),
-            body.len() + 1
+            body.len().saturating_add(1)
         );
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(body.as_bytes());
@@ -184,15 +184,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
+    bytes.trim_ascii()
 }
 
 /// `Sec-WebSocket-Accept` for a key (§1.3, §4.2.2 item 5.4).
@@ -216,6 +208,7 @@ pub fn write_accept(key: &str, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

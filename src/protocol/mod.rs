@@ -2,6 +2,18 @@
 //!
 //! Nothing here touches a socket or a clock; `server/` owns all IO and time. Both roles are
 //! implemented, so the load generator speaks through the same code as the server.
+//!
+//! Every byte here may come from a hostile peer, and the server runs all connections on one
+//! thread: a panic on one client's bytes takes every client down. So the module denies the
+//! constructs that can panic on untrusted input: `unwrap`/`expect`, indexing and slicing that
+//! can go out of bounds, and arithmetic that can overflow. Tests may use them.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 pub mod close;
 pub mod frame;

@@ -9,7 +9,7 @@
 //! caller runs the close timeout once [`Session::close_state`] leaves `Open`.
 
 use super::close::{parse_close_payload, truncate_reason, CloseCode, CloseFrame, CloseState};
-use super::frame::{decode_header, unmask, write_frame, OpCode, Role};
+use super::frame::{decode_header, unmask, write_frame, OpCode, Role, MAX_CONTROL_PAYLOAD};
 use super::message::{Assembler, DataKind, Message};
 use super::ProtocolError;
 
@@ -109,11 +109,16 @@ impl Session {
             return Ok(consumed(input.len()));
         }
         if self.skip > 0 {
-            let n = self.skip.min(input.len() as u64);
-            self.skip -= n;
-            return Ok(consumed(n as usize));
+            return Ok(consumed(self.skip_some(input.len())));
         }
         self.step(input, out)
+    }
+
+    /// Skips up to `available` bytes of an ignored frame; returns how many.
+    fn skip_some(&mut self, available: usize) -> usize {
+        let n = self.skip.min(available as u64);
+        self.skip = self.skip.saturating_sub(n);
+        n as usize
     }
 
     fn step<'a>(
@@ -126,16 +131,15 @@ impl Session {
             Ok(None) => return Ok(Input::NeedMore { frame_len: None }),
             Err(e) => return Err(self.fail(e, out)),
         };
-        let frame_len = header.header_len as u64 + header.payload_len;
+        // `payload_len` < 2^63 and `header_len` ≤ 14: the sum never saturates.
+        let frame_len = (header.header_len as u64).saturating_add(header.payload_len);
         if !header.opcode.is_control() {
             if self.close == CloseState::ClosedByUs {
                 // After our Close, data frames are ignored, not buffered. Part of this frame may
                 // have been unmasked before we closed: that count is this frame's, not the next.
                 self.unmasked = 0;
                 self.skip = frame_len;
-                let n = self.skip.min(input.len() as u64);
-                self.skip -= n;
-                return Ok(consumed(n as usize));
+                return Ok(consumed(self.skip_some(input.len())));
             }
             if let Err(e) = self.check_data_header(header.opcode, header.payload_len) {
                 return Err(self.fail(e, out));
@@ -143,12 +147,13 @@ impl Session {
         }
 
         let text = self.is_text_frame(header.opcode);
-        let payload_start = header.header_len;
-        let available = input.len() - payload_start;
+        // `decode_header` only returns a header that `input` holds whole.
+        let body = input.get_mut(header.header_len..).unwrap_or_default();
+        let available = body.len();
         if (available as u64) < header.payload_len {
             // Partial frame: unmask and check what has arrived, so bad UTF-8 fails now (§8.1).
             if available > self.unmasked {
-                let fresh = &mut input[payload_start + self.unmasked..];
+                let fresh = body.get_mut(self.unmasked..).unwrap_or_default();
                 if let Some(mask) = header.mask {
                     unmask(fresh, mask, self.unmasked);
                 }
@@ -164,13 +169,23 @@ impl Session {
             });
         }
 
-        let len = header.payload_len as usize;
-        let payload = &mut input[payload_start..payload_start + len];
+        // The whole payload is here, so its length fits in memory.
+        let payload = body
+            .get_mut(..header.payload_len as usize)
+            .unwrap_or_default();
+        // Bytes of this payload already unmasked and checked while the frame was partial.
         let fresh_from = std::mem::take(&mut self.unmasked);
+        debug_assert!(
+            fresh_from <= payload.len(),
+            "unmask progress of another frame"
+        );
         if let Some(mask) = header.mask {
-            unmask(&mut payload[fresh_from..], mask, fresh_from);
+            if let Some(fresh) = payload.get_mut(fresh_from..) {
+                unmask(fresh, mask, fresh_from);
+            }
         }
         let payload: &'a [u8] = payload;
+        let fresh = payload.get(fresh_from..).unwrap_or_default();
         let consumed_len = frame_len as usize;
 
         let event = match header.opcode {
@@ -186,7 +201,7 @@ impl Session {
             OpCode::Binary if header.fin => Event::Message(Message::Binary(payload)),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if text {
-                    if let Err(e) = self.assembler.check_text(&payload[fresh_from..]) {
+                    if let Err(e) = self.assembler.check_text(fresh) {
                         return Err(self.fail(e, out));
                     }
                 }
@@ -245,7 +260,7 @@ impl Session {
         } else {
             0
         };
-        if so_far + payload_len > self.limits.max_message_size {
+        if so_far.saturating_add(payload_len) > self.limits.max_message_size {
             return Err(ProtocolError::MessageTooBig);
         }
         Ok(())
@@ -308,7 +323,7 @@ impl Session {
 
     /// Queues a Ping (for keep-alive); returns false once a Close was sent.
     pub fn ping(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
-        if !self.close.can_send() || payload.len() > super::frame::MAX_CONTROL_PAYLOAD {
+        if !self.close.can_send() || payload.len() > MAX_CONTROL_PAYLOAD {
             return false;
         }
         self.write(out, OpCode::Ping, payload);
@@ -316,11 +331,16 @@ impl Session {
     }
 
     fn write_close(&mut self, out: &mut Vec<u8>, code: CloseCode, reason: &str) {
-        let reason = truncate_reason(reason);
-        let mut payload = [0u8; 125];
-        payload[..2].copy_from_slice(&code.0.to_be_bytes());
-        payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
-        self.write(out, OpCode::Close, &payload[..2 + reason.len()]);
+        // §5.5.1: the code, then the reason; both fit in a control frame's 125 bytes.
+        let reason = truncate_reason(reason).as_bytes();
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let [hi, lo, text @ ..] = &mut payload;
+        [*hi, *lo] = code.0.to_be_bytes();
+        for (slot, byte) in text.iter_mut().zip(reason) {
+            *slot = *byte;
+        }
+        let len = reason.len().saturating_add(2);
+        self.write(out, OpCode::Close, payload.get(..len).unwrap_or_default());
     }
 
     fn write(&mut self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
@@ -355,6 +375,7 @@ fn consumed_with(n: usize, event: Option<Event<'_>>) -> Input<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

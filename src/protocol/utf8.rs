@@ -22,28 +22,39 @@ impl Utf8Validator {
         if self.carry_len > 0 {
             let have = usize::from(self.carry_len);
             let want = char_width(self.carry[0]);
-            let take = (want - have).min(input.len());
-            self.carry[have..have + take].copy_from_slice(&input[..take]);
-            let filled = have + take;
-            match std::str::from_utf8(&self.carry[..filled]) {
+            // Complete the carried character from the front of `input` (as far as it goes).
+            let taken = self
+                .carry
+                .iter_mut()
+                .take(want)
+                .skip(have)
+                .zip(input)
+                .map(|(slot, byte)| *slot = *byte)
+                .count();
+            // At most 4: never saturates.
+            let filled = have.saturating_add(taken);
+            match std::str::from_utf8(self.carry.get(..filled).unwrap_or_default()) {
                 Ok(_) => self.carry_len = 0,
                 Err(e) if e.error_len().is_none() => {
-                    // Still a valid prefix; `take` used up all of the input.
+                    // Still a valid prefix; `taken` used up all of the input.
                     self.carry_len = filled as u8;
                     return Ok(());
                 }
                 Err(_) => return Err(InvalidUtf8),
             }
-            input = &input[take..];
+            input = input.get(taken..).unwrap_or_default();
         }
         match std::str::from_utf8(input) {
             Ok(_) => Ok(()),
             Err(e) => match e.error_len() {
                 Some(_) => Err(InvalidUtf8),
                 None => {
-                    // A valid prefix of a character at the very end: keep it for the next piece.
-                    let tail = &input[e.valid_up_to()..];
-                    self.carry[..tail.len()].copy_from_slice(tail);
+                    // A valid prefix of a character at the very end (1 to 3 bytes): keep it for
+                    // the next piece.
+                    let tail = input.get(e.valid_up_to()..).unwrap_or_default();
+                    for (slot, byte) in self.carry.iter_mut().zip(tail) {
+                        *slot = *byte;
+                    }
                     self.carry_len = tail.len() as u8;
                     Ok(())
                 }
@@ -73,6 +84,7 @@ fn char_width(lead: u8) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
