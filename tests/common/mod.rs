@@ -250,3 +250,127 @@ pub fn sees_eof(s: &mut TcpStream) -> bool {
         }
     }
 }
+
+// Helpers for the adversarial suite (tests/adversarial.rs).
+
+/// A raw TCP connection, not upgraded, with read and write timeouts of [`WAIT`].
+pub fn raw_connect(wsd: &Wsd) -> TcpStream {
+    let s = TcpStream::connect(wsd.addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A masked client frame header that declares `len` payload bytes (none of which follow).
+pub fn frame_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    match len {
+        0..=125 => f.push(0x80 | len as u8),
+        126..=0xFFFF => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0x5A, 0x13, 0xC7, 0x81]);
+    f
+}
+
+/// A masked Close frame with `code` and `reason`.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    frame(true, 0x8, &payload)
+}
+
+/// Writes `bytes` one byte per write (Nagle off), pausing `gap` between bytes so that the server
+/// sees them arrive in pieces.
+pub fn dribble(s: &mut TcpStream, bytes: &[u8], gap: Duration) {
+    s.set_nodelay(true).unwrap();
+    for b in bytes {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+}
+
+/// Drops a connection with a TCP reset instead of a FIN (SO_LINGER on with a zero timeout).
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live `linger` and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    drop(s);
+}
+
+/// Checks that a well-behaved client still gets exact echoes (text, binary, a Pong); `after`
+/// names the case that just ran, for the failure message.
+pub fn assert_echoes(ws: &mut Client, after: &str) {
+    use tungstenite::Message;
+    let text = Message::text(format!("still here after {after} κόσμε"));
+    let binary = Message::binary(after.as_bytes().iter().rev().copied().collect::<Vec<u8>>());
+    for m in [text, binary] {
+        ws.send(m.clone())
+            .unwrap_or_else(|e| panic!("witness send after {after}: {e}"));
+        let got = ws
+            .read()
+            .unwrap_or_else(|e| panic!("witness read after {after}: {e}"));
+        assert_eq!(got, m, "witness echo after {after}");
+    }
+}
+
+/// Whether the peer has closed or reset `s` (EOF or an error) without blocking; false while the
+/// connection is open with nothing to read.
+pub fn closed_now(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match s.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+impl Wsd {
+    /// Waits until at least `n` log lines contain `needle`; false after [`WAIT`].
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) -> bool {
+        let (lines, cv) = &*self.log;
+        let deadline = Instant::now() + WAIT;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if guard.iter().filter(|l| l.contains(needle)).count() >= n {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        let lines = self.log.0.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+}
