@@ -169,20 +169,20 @@ impl Session {
             });
         }
 
-        // The whole payload is here, so its length fits in memory.
+        // The whole payload is here (so its length fits in memory), and `unmasked` counts bytes
+        // of it already unmasked and checked while the frame was partial.
         let payload = body
             .get_mut(..header.payload_len as usize)
             .unwrap_or_default();
-        // Bytes of this payload already unmasked and checked while the frame was partial.
         let fresh_from = std::mem::take(&mut self.unmasked);
         debug_assert!(
             fresh_from <= payload.len(),
             "unmask progress of another frame"
         );
+        let fresh_from = fresh_from.min(payload.len());
+        let (_, fresh) = payload.split_at_mut(fresh_from);
         if let Some(mask) = header.mask {
-            if let Some(fresh) = payload.get_mut(fresh_from..) {
-                unmask(fresh, mask, fresh_from);
-            }
+            unmask(fresh, mask, fresh_from);
         }
         let payload: &'a [u8] = payload;
         let fresh = payload.get(fresh_from..).unwrap_or_default();
