@@ -4,7 +4,7 @@
 #
 #   bash scripts/fuzz.sh [SECONDS]
 #
-# Needs cargo-fuzz (`cargo install cargo-fuzz`); runs on the stable toolchain through
+# Needs cargo-fuzz (installed with `cargo install cargo-fuzz --locked` if missing); runs on the stable toolchain through
 # RUSTC_BOOTSTRAP=1. The committed corpora in fuzz/corpus/<target>/ are only read: new inputs go
 # to a temporary directory, so the seeds stay small. A crashing input is saved under
 # fuzz/artifacts/<target>/ and can be replayed with
@@ -20,8 +20,8 @@ cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz.sh: cargo-fuzz is missing; install it with: cargo install cargo-fuzz" >&2
-    exit 2
+    echo "fuzz.sh: cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked)" >&2
+    cargo install cargo-fuzz --locked
 fi
 
 targets=$(cargo fuzz list)
