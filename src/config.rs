@@ -321,7 +321,7 @@ impl Config {
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -371,7 +371,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         key: format!("--{}", e.key.replace('_', "-")),
         message: e.message,
     })?;
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 /// The `--help` text, generated from [`SETTINGS`].
