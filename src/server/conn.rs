@@ -66,10 +66,41 @@ pub enum ReadStop {
 
 /// Shared per-loop buffers: reads land in `read`, output of the connection being served
 /// collects in `cork` and is written with one syscall; only what the socket does not take is
-/// copied to the connection's own buffer.
+/// copied to a buffer of the connection's own, taken from `pool` and given back once empty.
 pub struct Scratch {
     pub read: Vec<u8>,
     pub cork: Vec<u8>,
+    pub pool: BufPool,
+}
+
+/// Most buffers the pool keeps.
+const POOL_BUFFERS: usize = 64;
+/// Largest buffer the pool keeps; bigger ones (a 16 MiB message) go back to the allocator.
+const POOL_MAX_CAPACITY: usize = 256 * 1024;
+
+/// A small pool of emptied buffers, so connections that briefly hold a partial frame or unsent
+/// output do not go through the allocator each time.
+#[derive(Default)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    /// An empty buffer, reused when one is available.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    /// Gives back a buffer (its contents are dropped).
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > POOL_MAX_CAPACITY {
+            return;
+        }
+        if self.free.len() < POOL_BUFFERS {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
 }
 
 /// What a connection needs to know of the loop while it is served.
@@ -203,7 +234,8 @@ impl Conn {
             let (used, need) = self.process(&mut data[..n], cx, handler);
             if used < n {
                 let rest = &data[used..n];
-                self.inbuf.reserve_exact(need.unwrap_or(0).max(rest.len()));
+                self.inbuf = cx.scratch.pool.take();
+                self.inbuf.reserve(need.unwrap_or(0).max(rest.len()));
                 self.inbuf.extend_from_slice(rest);
             }
             cx.scratch.read = data;
@@ -213,11 +245,18 @@ impl Conn {
             let (used, need) = self.process(&mut data, cx, handler);
             data.drain(..used);
             if data.is_empty() {
-                data = Vec::new(); // An idle connection holds no buffer of its own.
-            } else if let Some(need) = need {
-                data.reserve_exact(need.saturating_sub(data.len()));
+                // An idle connection holds no buffer of its own.
+                cx.scratch.pool.give(data);
+            } else {
+                if let Some(need) = need {
+                    data.reserve(need.saturating_sub(data.len()));
+                }
+                self.inbuf = data;
             }
-            self.inbuf = data;
+        }
+        // Nor does it keep the buffer of a fragmented message once that message is done.
+        if let Some(buf) = self.session.assembler_mut().take_buffer() {
+            cx.scratch.pool.give(buf);
         }
     }
 
@@ -328,7 +367,7 @@ impl Conn {
         } else {
             let written = write_some(&mut self.sock, cork, &mut self.gone);
             if written < cork.len() {
-                self.out.clear();
+                self.out = cx.scratch.pool.take();
                 self.out_pos = 0;
                 self.out.extend_from_slice(&cork[written..]);
             }
@@ -336,15 +375,24 @@ impl Conn {
         cork.clear();
     }
 
-    /// Writes pending output; frees the buffer once it is all out.
-    pub fn flush(&mut self) {
+    /// Writes pending output; gives the buffer back once it is all out.
+    pub fn flush(&mut self, pool: &mut BufPool) {
         if !self.has_output() {
             return;
         }
         self.out_pos += write_some(&mut self.sock, &self.out[self.out_pos..], &mut self.gone);
         if self.out_pos == self.out.len() {
-            self.out = Vec::new();
+            pool.give(std::mem::take(&mut self.out));
             self.out_pos = 0;
+        }
+    }
+
+    /// Gives every buffer back (the connection is going away).
+    pub fn release(&mut self, pool: &mut BufPool) {
+        pool.give(std::mem::take(&mut self.inbuf));
+        pool.give(std::mem::take(&mut self.out));
+        if let Some(buf) = self.session.assembler_mut().take_buffer() {
+            pool.give(buf);
         }
     }
 
@@ -395,6 +443,24 @@ fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_keeps_small_buffers_only() {
+        let mut pool = BufPool::default();
+        pool.give(Vec::with_capacity(100));
+        pool.give(Vec::with_capacity(POOL_MAX_CAPACITY + 1));
+        pool.give(Vec::new());
+        assert_eq!(pool.free.len(), 1);
+        assert!(pool.take().capacity() >= 100);
+        assert_eq!(pool.take().capacity(), 0);
+        for _ in 0..POOL_BUFFERS + 10 {
+            pool.give(vec![1; 10]);
+        }
+        assert_eq!(pool.free.len(), POOL_BUFFERS);
+        assert!(pool.take().is_empty(), "given-back buffers come back empty");
+    }
+
     /// The struct every open connection costs; kept small so that an idle connection stays
     /// well under 256 bytes of resident memory (the wheel adds 16 bytes, the slab 8).
     #[test]

@@ -22,7 +22,7 @@ use crate::protocol::close::CloseState;
 use crate::protocol::handshake::Reject;
 use crate::protocol::CloseCode;
 
-use conn::{Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
+use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use timers::Wheel;
 
 /// The listening socket's token.
@@ -171,6 +171,7 @@ impl<H: Handler> EventLoop<H> {
             scratch: Scratch {
                 read: vec![0; READ_BUF_SIZE],
                 cork: Vec::with_capacity(READ_BUF_SIZE),
+                pool: BufPool::default(),
             },
             wheel: Wheel::new(now),
             read_queue: VecDeque::new(),
@@ -381,7 +382,7 @@ impl<H: Handler> EventLoop<H> {
         );
         let mut readable = readable;
         if writable {
-            conn.flush();
+            conn.flush(&mut cx.scratch.pool);
             if conn.paused && conn.queued() <= cx.config.max_output_buffer / 2 {
                 // Below the low-water mark: read again. Input that waited while paused raised
                 // no new edge, so read now rather than wait for one.
@@ -418,7 +419,7 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        conn.flush();
+        conn.flush(&mut self.scratch.pool);
         if conn.failed && conn.phase == Phase::Open {
             conn.phase = Phase::Closing { shut_down: false };
         }
@@ -541,6 +542,7 @@ impl<H: Handler> EventLoop<H> {
 
     fn remove(&mut self, id: ConnId, ending: Ending) {
         let mut conn = self.conns.remove(id.0);
+        conn.release(&mut self.scratch.pool);
         self.wheel.cancel(id.0);
         let _ = self.poll.registry().deregister(&mut conn.sock);
         if conn.counted {
