@@ -29,11 +29,13 @@ use timers::Wheel;
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The signal pipe's token (`usize::MAX` itself is reserved by mio).
 const SIGNALS: Token = Token(usize::MAX - 2);
-/// Size of the loop's one shared read buffer; every connection reads into it.
-const READ_BUF_SIZE: usize = 64 * 1024;
-/// Reads one connection may do per loop turn, so one flooding client cannot starve the rest
-/// (4 × 64 KiB); a connection with more waiting is queued and served again next turn.
-const READ_BUDGET: usize = 4;
+/// Size of the loop's one shared read buffer; every connection reads into it. Large enough that
+/// a 64 KiB frame and its header land whole and are handled in place, without a copy.
+const READ_BUF_SIZE: usize = 256 * 1024;
+/// Reads one connection may do per loop turn (one buffer's worth, 256 KiB), so one flooding
+/// client cannot starve the rest; a connection with more waiting is queued and served again
+/// next turn.
+const READ_BUDGET: usize = 1;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 /// Payload of the keep-alive Pings wsd sends.
