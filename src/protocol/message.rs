@@ -137,3 +137,26 @@ impl Assembler {
         self.buf.capacity() != 0
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_is_given_up_only_between_messages() {
+        let mut a = Assembler::default();
+        assert_eq!(a.take_buffer(), None, "nothing to give before any message");
+        a.start(DataKind::Binary, b"part one");
+        assert_eq!(
+            a.take_buffer(),
+            None,
+            "a message in progress keeps its bytes"
+        );
+        a.push(b", two");
+        assert_eq!(a.finish(), Message::Binary(b"part one, two"));
+        let buf = a.take_buffer().expect("the finished message's buffer");
+        assert!(buf.is_empty() && buf.capacity() >= 13);
+        assert!(!a.has_buffer(), "an idle connection holds no buffer");
+    }
+}
