@@ -344,6 +344,19 @@ fn connections_reset_mid_handshake_mid_frame_and_mid_close() {
         );
         assert_echoes(&mut witness, what);
     }
+    // More than one read's worth and then a FIN (no Close frame): the FIN's edge comes while
+    // the upload is still being read over several turns, and must not be forgotten.
+    let before = wsd.log_count(errored);
+    let mut s = raw_upgraded(&wsd);
+    s.write_all(&frame(true, 0x2, &vec![3u8; 4 << 20])).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        wsd.wait_for_log_count(errored, before + 1),
+        "the server noticed the FIN after a big upload"
+    );
+    drop(s);
+    assert_echoes(&mut witness, "a FIN after a big upload");
+
     // A whole Close and then a reset before the answer is read: the server's Close meets a
     // reset socket. However that ends (clean or errored), the server stays up.
     let before = wsd.log_count(": closed (");

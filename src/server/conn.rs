@@ -125,6 +125,9 @@ pub struct Conn {
     pub paused: bool,
     /// The connection is in the loop's queue of reads to continue next turn.
     pub read_queued: bool,
+    /// The peer's FIN (or a socket error) was signalled: reads go on to EOF even when a read
+    /// budget or backpressure splits them over several turns, as no new edge will come.
+    pub eof_signalled: bool,
     /// Counted against `max_connections` (HTTP rejections of the accept path are not).
     pub counted: bool,
     /// The close code the peer sent, if any.
@@ -153,6 +156,7 @@ impl Conn {
             failed: false,
             paused: false,
             read_queued: false,
+            eof_signalled: false,
             counted: true,
             peer_code: None,
             last_read_ms: now_ms,

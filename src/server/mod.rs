@@ -392,7 +392,9 @@ impl<H: Handler> EventLoop<H> {
                 readable = true;
             }
         }
+        conn.eof_signalled |= to_eof;
         if readable && !conn.read_queued {
+            let to_eof = conn.eof_signalled;
             let stop = conn.read_ready(&mut cx, &mut self.handler, to_eof, READ_BUDGET);
             if stop == ReadStop::Budget {
                 conn.read_queued = true;
