@@ -12,6 +12,7 @@ use crate::protocol::handshake::{self, Reject};
 use crate::protocol::session::{Input, Limits};
 use crate::protocol::{CloseCode, Event, Role, Session};
 
+use super::metrics::{Side, Stats};
 use super::ConnId;
 
 /// Where a connection is in its life; the WebSocket close states live in its [`Session`].
@@ -51,6 +52,7 @@ pub struct Context<'a> {
     pub max_handshake_size: usize,
     pub draining: bool,
     pub scratch: &'a mut Scratch,
+    pub stats: &'a mut Stats,
 }
 
 pub struct Conn {
@@ -110,6 +112,7 @@ impl Conn {
                     return;
                 }
             };
+            cx.stats.received_bytes += n as u64;
             self.consume_read(n, cx, handler);
             self.flush_cork(cx);
             // A short read emptied the socket; a later arrival raises a new readiness edge.
@@ -180,6 +183,9 @@ impl Conn {
                 Ok(step) => step,
                 Err(e) => {
                     log::debug!("{}: protocol error: {e}", cx.id);
+                    if open {
+                        cx.stats.closed(Side::Server, e.close_code().0);
+                    }
                     self.failed = true;
                     return (data.len(), None);
                 }
@@ -194,13 +200,23 @@ impl Conn {
             pos += consumed;
             match event {
                 Some(Event::Message(message)) => {
+                    cx.stats.messages_received += 1;
                     let mut reply = Reply::new(out, open);
                     handler.on_message(cx.id, message, &mut reply);
+                    cx.stats.messages_sent += reply.sent();
                     if let Some((code, reason)) = reply.close_request() {
-                        self.session.close(code, reason, out);
+                        if self.session.close(code, reason, out) {
+                            cx.stats.closed(Side::Server, code.0);
+                        }
                     }
                 }
-                Some(Event::Close(frame)) => self.peer_code = frame.code,
+                Some(Event::Close(frame)) => {
+                    if open {
+                        cx.stats
+                            .closed(Side::Client, frame.code.map_or(1005, |c| c.0));
+                    }
+                    self.peer_code = frame.code;
+                }
                 Some(Event::Ping(_) | Event::Pong(_)) | None => {}
             }
         }
@@ -217,7 +233,7 @@ impl Conn {
         match handshake::parse_request(data, cx.max_handshake_size) {
             Ok(None) => None,
             Ok(Some(_)) if cx.draining => {
-                self.reject(Reject::Unavailable, out, cx.id);
+                self.reject(Reject::Unavailable, out, cx.id, cx.stats);
                 Some(data.len())
             }
             Ok(Some(req)) => {
@@ -229,14 +245,15 @@ impl Conn {
                 Some(req.head_len)
             }
             Err(reject) => {
-                self.reject(reject, out, cx.id);
+                self.reject(reject, out, cx.id, cx.stats);
                 Some(data.len())
             }
         }
     }
 
     /// Answers the handshake with an HTTP error and closes.
-    pub fn reject(&mut self, reject: Reject, out: &mut Vec<u8>, id: ConnId) {
+    pub fn reject(&mut self, reject: Reject, out: &mut Vec<u8>, id: ConnId, stats: &mut Stats) {
+        stats.rejected(reject.status());
         log::debug!(
             "{id}: handshake rejected: {} {}",
             reject.status(),
@@ -256,6 +273,7 @@ impl Conn {
             self.out.extend_from_slice(cork);
         } else {
             let written = write_some(&mut self.sock, cork, &mut self.gone);
+            cx.stats.sent_bytes += written as u64;
             if written < cork.len() {
                 self.out.clear();
                 self.out_pos = 0;
@@ -265,16 +283,18 @@ impl Conn {
         cork.clear();
     }
 
-    /// Writes pending output; frees the buffer once it is all out.
-    pub fn flush(&mut self) {
+    /// Writes pending output; frees the buffer once it is all out. Returns the bytes written.
+    pub fn flush(&mut self) -> usize {
         if !self.has_output() {
-            return;
+            return 0;
         }
-        self.out_pos += write_some(&mut self.sock, &self.out[self.out_pos..], &mut self.gone);
+        let written = write_some(&mut self.sock, &self.out[self.out_pos..], &mut self.gone);
+        self.out_pos += written;
         if self.out_pos == self.out.len() {
             self.out = Vec::new();
             self.out_pos = 0;
         }
+        written
     }
 
     /// Shuts down our sending side once all output is out (Closing phase).
@@ -318,7 +338,9 @@ impl Conn {
         } else {
             &mut cx.scratch.cork
         };
-        self.session.close(code, reason, out);
+        if self.session.close(code, reason, out) {
+            cx.stats.closed(Side::Server, code.0);
+        }
         self.flush_cork(cx);
     }
 }

@@ -1,7 +1,15 @@
 //! The event loop: one thread, one `mio::Poll`, the listener and the signals on reserved tokens,
 //! connections in a slab; the drain on SIGTERM/SIGINT.
+//!
+//! Running under systemd adds small hooks, each in its own module: `activation` (inherited
+//! listeners), `notify` (sd_notify), `metrics` (counters and `/metrics`), `drain` (the paced
+//! drain).
 
+mod activation;
 mod conn;
+mod drain;
+mod metrics;
+mod notify;
 mod timers;
 
 use std::fmt;
@@ -22,6 +30,9 @@ use crate::protocol::handshake::Reject;
 use crate::protocol::CloseCode;
 
 use conn::{Conn, Context, Ending, Phase, Scratch};
+use drain::Pacer;
+use metrics::{Metrics, Side, Stats};
+use notify::Notifier;
 use timers::Timers;
 
 /// The listening socket's token.
@@ -84,23 +95,48 @@ impl fmt::Display for DrainReport {
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds `config.listen`.
+    /// Binds `config.listen` (and `config.metrics_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.listen).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        Ok(Server { config, listener })
+        let listener = bind(config.listen)?;
+        let metrics = config.metrics_listen.map(bind).transpose()?;
+        Ok(Server {
+            config,
+            listener,
+            metrics,
+        })
     }
 
-    /// Serves an already bound listening socket (socket activation, tests).
+    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`.
     pub fn from_listener(config: Config, listener: std::net::TcpListener) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
+        let metrics = config.metrics_listen.map(bind).transpose()?;
         Ok(Server {
             config,
             listener: TcpListener::from_std(listener),
+            metrics,
+        })
+    }
+
+    /// Serves the listening sockets systemd passed in (socket activation), binding the
+    /// addresses of `config` for those it did not pass.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let inherited = activation::take()?;
+        let metrics = match inherited.metrics {
+            Some(l) => Some(nonblocking(l)?),
+            None => config.metrics_listen.map(bind).transpose()?,
+        };
+        let listener = match inherited.websocket {
+            Some(l) => nonblocking(l)?,
+            None => bind(config.listen)?,
+        };
+        Ok(Server {
+            config,
+            listener,
+            metrics,
         })
     }
 
@@ -110,9 +146,19 @@ impl Server {
 
     /// Runs the loop until a signal's drain completes.
     pub fn run<H: Handler>(self, handler: H) -> io::Result<Exit> {
-        let mut event_loop = EventLoop::new(self.config, self.listener, handler)?;
+        let mut event_loop = EventLoop::new(self.config, self.listener, self.metrics, handler)?;
         event_loop.run()
     }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+fn nonblocking(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener))
 }
 
 struct Drain {
@@ -131,10 +177,19 @@ struct EventLoop<H> {
     timers: Timers,
     drain: Option<Drain>,
     now: Instant,
+    stats: Stats,
+    metrics: Metrics,
+    notify: Notifier,
+    pacer: Pacer,
 }
 
 impl<H: Handler> EventLoop<H> {
-    fn new(config: Config, mut listener: TcpListener, handler: H) -> io::Result<Self> {
+    fn new(
+        config: Config,
+        mut listener: TcpListener,
+        metrics: Option<TcpListener>,
+        handler: H,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -146,6 +201,7 @@ impl<H: Handler> EventLoop<H> {
             listener.local_addr()?,
             config.max_connections
         );
+        let metrics = Metrics::new(metrics, poll.registry())?;
         Ok(EventLoop {
             config,
             poll,
@@ -160,13 +216,18 @@ impl<H: Handler> EventLoop<H> {
             timers: Timers::default(),
             drain: None,
             now: Instant::now(),
+            stats: Stats::default(),
+            metrics,
+            notify: Notifier::from_env(),
+            pacer: Pacer::default(),
         })
     }
 
     fn run(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        self.notify.ready(Instant::now(), self.conns.len());
         loop {
-            let timeout = self.timers.timeout(Instant::now());
+            let timeout = self.timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -186,6 +247,7 @@ impl<H: Handler> EventLoop<H> {
                             return Ok(Exit::Aborted);
                         }
                     }
+                    token if metrics::owns(token) => self.serve_metrics(token),
                     token => {
                         let to_eof = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || to_eof;
@@ -194,6 +256,9 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
             self.expire_timers();
+            self.send_paced_closes();
+            self.metrics.expire(self.now, self.poll.registry());
+            self.notify_tick();
             if let Some(drain) = &mut self.drain {
                 if self.conns.is_empty() {
                     drain.report.duration = drain.started.elapsed();
@@ -201,6 +266,22 @@ impl<H: Handler> EventLoop<H> {
                     return Ok(Exit::Drained(drain.report));
                 }
             }
+        }
+    }
+
+    /// How long `poll` may sleep: until the earliest connection deadline, drain slot, scrape
+    /// deadline or notification due.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        let hooks = [
+            self.pacer.next(),
+            self.metrics.next_deadline(),
+            self.notify.next_wakeup(),
+        ];
+        let hook = hooks.into_iter().flatten().min();
+        let hook = hook.map(|at| at.saturating_duration_since(now));
+        match (self.timers.timeout(now), hook) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -221,6 +302,7 @@ impl<H: Handler> EventLoop<H> {
             };
             if self.conns.len() >= self.config.max_connections {
                 log::debug!("{peer}: refused, {} connections open", self.conns.len());
+                self.stats.rejected(Reject::Unavailable.status());
                 let mut out = Vec::new();
                 Reject::Unavailable.write_response(&mut out);
                 let _ = io::Write::write(&mut sock, &out);
@@ -243,6 +325,7 @@ impl<H: Handler> EventLoop<H> {
             let deadline = self.now + self.config.handshake_timeout;
             entry.insert(Conn::new(sock, self.config.limits(), deadline));
             self.timers.insert(deadline, id.0);
+            self.stats.accepted += 1;
             log::debug!("{id}: accepted from {peer}");
         }
     }
@@ -268,41 +351,55 @@ impl<H: Handler> EventLoop<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        let spread = self.config.drain_spread;
         log::info!(
-            "draining {} connections (close timeout {:?})",
+            "draining {} connections (close timeout {:?}, spread {:?})",
             self.conns.len(),
-            self.config.close_timeout
+            self.config.close_timeout,
+            spread
         );
         self.drain = Some(Drain {
             started: self.now,
             report: DrainReport::default(),
         });
+        let until = self.now + self.config.drain_bound();
+        self.notify.stopping(self.now, self.conns.len(), until);
         let ids: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let mut paced = Vec::new();
         for key in ids {
-            let id = ConnId(key);
-            let reason = self.config.close_reason.clone();
-            let Some(conn) = self.conns.get_mut(key) else {
+            if !spread.is_zero() && self.conns[key].phase == Phase::Open {
+                paced.push(key); // Its Close goes out at its slot: `send_paced_closes`.
                 continue;
-            };
-            let mut cx = context(&self.config, id, true, &mut self.scratch);
-            // Messages that already arrived are handled, and their answers queued, before the
-            // Close: nothing a client sent before the drain is lost.
-            conn.read_ready(&mut cx, &mut self.handler, false);
-            match conn.phase {
-                Phase::Handshake => {
-                    let mut out = std::mem::take(&mut cx.scratch.cork);
-                    conn.reject(Reject::Unavailable, &mut out, id);
-                    cx.scratch.cork = out;
-                    conn.flush_cork(&mut cx);
-                    if let Some(drain) = &mut self.drain {
-                        drain.report.refused += 1;
-                    }
-                }
-                Phase::Open => conn.start_close(CloseCode::GOING_AWAY, &reason, &mut cx),
-                Phase::Closing { .. } => {}
             }
-            self.settle(id);
+            self.drain_one(ConnId(key));
         }
+        self.pacer.schedule(paced, self.now, spread);
+    }
+
+    /// Handles what already arrived on a connection, then sends its Close (or 503).
+    fn drain_one(&mut self, id: ConnId) {
+        let reason = self.config.close_reason.clone();
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        let mut cx = context(&self.config, id, true, &mut self.scratch, &mut self.stats);
+        // Messages that already arrived are handled, and their answers queued, before the
+        // Close: nothing a client sent before the drain is lost.
+        conn.read_ready(&mut cx, &mut self.handler, false);
+        match conn.phase {
+            Phase::Handshake => {
+                let mut out = std::mem::take(&mut cx.scratch.cork);
+                conn.reject(Reject::Unavailable, &mut out, id, cx.stats);
+                cx.scratch.cork = out;
+                conn.flush_cork(&mut cx);
+                if let Some(drain) = &mut self.drain {
+                    drain.report.refused += 1;
+                }
+            }
+            Phase::Open => conn.start_close(CloseCode::GOING_AWAY, &reason, &mut cx),
+            Phase::Closing { .. } => {}
+        }
+        self.settle(id);
     }
 
     /// Handles readiness on one connection.
@@ -310,10 +407,17 @@ impl<H: Handler> EventLoop<H> {
         if !self.conns.contains(id.0) {
             return; // Readiness for a connection already gone.
         }
-        let mut cx = context(&self.config, id, self.drain.is_some(), &mut self.scratch);
+        let draining = self.drain.is_some();
+        let mut cx = context(
+            &self.config,
+            id,
+            draining,
+            &mut self.scratch,
+            &mut self.stats,
+        );
         let conn = &mut self.conns[id.0];
         if writable {
-            conn.flush();
+            cx.stats.sent_bytes += conn.flush() as u64;
         }
         if readable {
             conn.read_ready(&mut cx, &mut self.handler, to_eof);
@@ -326,7 +430,7 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        conn.flush();
+        self.stats.sent_bytes += conn.flush() as u64;
         if conn.failed && conn.phase == Phase::Open {
             conn.phase = Phase::Closing { shut_down: false };
             conn.deadline = None;
@@ -364,8 +468,14 @@ impl<H: Handler> EventLoop<H> {
             }
             let id = ConnId(key);
             match conn.phase {
-                Phase::Handshake => log::debug!("{id}: handshake timed out"),
-                _ => log::debug!("{id}: close timed out"),
+                Phase::Handshake => {
+                    log::debug!("{id}: handshake timed out");
+                    self.stats.handshake_timeouts += 1;
+                }
+                _ => {
+                    log::debug!("{id}: close timed out");
+                    self.stats.close_timeouts += 1;
+                }
             }
             let ending = if conn.failed {
                 Ending::Errored
@@ -383,6 +493,15 @@ impl<H: Handler> EventLoop<H> {
         log::debug!("{id}: closed ({ending:?})");
         if was_open {
             self.handler.on_close(id, conn.peer_code);
+            if conn.session.close_state() == CloseState::Open {
+                // No Close either way: 1006 is the code reserved for reporting exactly this.
+                let side = if conn.gone {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                self.stats.closed(side, 1006);
+            }
         }
         if let Some(drain) = &mut self.drain {
             match ending {
@@ -402,11 +521,13 @@ fn context<'a>(
     id: ConnId,
     draining: bool,
     scratch: &'a mut Scratch,
+    stats: &'a mut Stats,
 ) -> Context<'a> {
     Context {
         id,
         max_handshake_size: config.max_handshake_size,
         draining,
         scratch,
+        stats,
     }
 }
