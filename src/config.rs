@@ -28,6 +28,18 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Reason text of the Close 1001 sent to every client on shutdown.
     pub close_reason: String,
+    /// Idle time after which wsd sends a Ping (zero: never).
+    pub ping_interval: Duration,
+    /// Time a pinged connection has to send anything before it is dropped.
+    pub pong_timeout: Duration,
+    /// Queued output above which wsd stops reading a connection; it resumes below half of it.
+    pub max_output_buffer: usize,
+    /// Time a connection may stay over `max_output_buffer` before it is closed with 1008.
+    pub slow_consumer_timeout: Duration,
+    /// Most connections from one IP address (zero: no limit); more are answered with 429.
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to connect (empty: any); others are answered with 403.
+    pub allowed_origins: Vec<String>,
     /// Window over which the Close frames of a drain are spread (zero: all at once).
     pub drain_spread: Duration,
     /// Address of the Prometheus `/metrics` endpoint; `None` serves none.
@@ -54,6 +66,9 @@ pub enum Kind {
     Duration,
     /// A TOML string (`"127.0.0.1:9001"`, free text).
     Text,
+    /// A TOML array of strings (`["https://a.example", "https://b.example"]`), or one string
+    /// with the items separated by commas as on the command line.
+    List,
 }
 
 impl Kind {
@@ -65,7 +80,17 @@ impl Kind {
                 Err(format!("{n} is negative"))
             }
             (Kind::Count | Kind::Size, Value::Integer(n)) => Ok(n.to_string()),
-            (Kind::Size | Kind::Duration | Kind::Text, Value::String(s)) => Ok(s.clone()),
+            (Kind::Size | Kind::Duration | Kind::Text | Kind::List, Value::String(s)) => {
+                Ok(s.clone())
+            }
+            (Kind::List, Value::Array(items)) => {
+                let items: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+                match items {
+                    Some(items) if items.iter().all(|i| !i.contains(',')) => Ok(items.join(",")),
+                    Some(_) => Err("an item contains a comma".to_string()),
+                    None => Err("wrong type: expected an array of strings".to_string()),
+                }
+            }
             (_, other) => Err(format!(
                 "wrong type: expected {}, found {}",
                 self.expected(),
@@ -80,6 +105,7 @@ impl Kind {
             Kind::Size => "an integer number of bytes or a string like \"16MiB\"",
             Kind::Duration => "a string like \"5s\" or \"250ms\"",
             Kind::Text => "a string",
+            Kind::List => "an array of strings",
         }
     }
 }
@@ -197,6 +223,72 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "ping_interval",
+        default: "30s",
+        doc: "idle time after which wsd sends a Ping; 0 disables pings",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.ping_interval = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "pong_timeout",
+        default: "10s",
+        doc: "time a pinged connection has to send anything (a Pong) before it is dropped",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.pong_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "max_output_buffer",
+        default: "1MiB",
+        doc: "queued output above which wsd stops reading a connection (resumes below half)",
+        kind: Kind::Size,
+        apply: |c, v| {
+            c.max_output_buffer =
+                usize::try_from(parse_size(v)?).map_err(|_| format!("{v:?} is too large"))?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "slow_consumer_timeout",
+        default: "30s",
+        doc: "time a connection may stay over max_output_buffer before it is closed with 1008",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.slow_consumer_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "max_connections_per_ip",
+        default: "0",
+        doc: "most connections from one IP address, 0 for no limit; more get HTTP 429",
+        kind: Kind::Count,
+        apply: |c, v| {
+            c.max_connections_per_ip = parse_count(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "allowed_origins",
+        default: "",
+        doc: "comma-separated Origin values allowed to connect, empty for any; others get 403",
+        kind: Kind::List,
+        apply: |c, v| {
+            c.allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+            Ok(())
+        },
+    },
+    Setting {
         name: "drain_spread",
         default: "0s",
         doc: "window the drain's Close frames are spread over (with jitter); 0s sends them all at once",
@@ -274,6 +366,12 @@ impl Default for Config {
             handshake_timeout: Duration::ZERO,
             close_timeout: Duration::ZERO,
             close_reason: String::new(),
+            ping_interval: Duration::ZERO,
+            pong_timeout: Duration::ZERO,
+            max_output_buffer: 0,
+            slow_consumer_timeout: Duration::ZERO,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
             drain_spread: Duration::ZERO,
             metrics_listen: None,
         };
@@ -349,10 +447,34 @@ impl Config {
         if self.close_timeout.is_zero() {
             return Err(bad("close_timeout", "must be longer than 0"));
         }
+        if !self.ping_interval.is_zero() && self.pong_timeout.is_zero() {
+            return Err(bad(
+                "pong_timeout",
+                "must be longer than 0 when pings are on",
+            ));
+        }
+        if self.max_output_buffer < 1024 {
+            return Err(bad("max_output_buffer", "must be at least 1KiB"));
+        }
+        if self.slow_consumer_timeout.is_zero() {
+            return Err(bad("slow_consumer_timeout", "must be longer than 0"));
+        }
         if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(bad("metrics_listen", "must differ from listen"));
         }
         Ok(())
+    }
+
+    /// Whether a handshake's `Origin` may connect (a request without one is not a browser's
+    /// cross-site request, so it is allowed).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            Some(o) if !self.allowed_origins.is_empty() => self
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o)),
+            _ => true,
+        }
     }
 
     /// The limits the protocol layer enforces.
@@ -461,7 +583,11 @@ pub fn help() -> String {
          --check-config\n      validate the configuration, print it is valid, and exit\n",
     );
     for s in SETTINGS {
-        let metavar = s.name.rsplit('_').next().unwrap_or("VALUE").to_uppercase();
+        let metavar = match s.name.rsplit('_').next() {
+            Some("origins") => "LIST".to_string(),
+            Some(last) => last.to_uppercase(),
+            None => "VALUE".to_string(),
+        };
         text.push_str(&format!(
             "  {} {}\n      {} [default: {}]\n",
             s.flag(),

@@ -83,12 +83,8 @@ fn many_fragments_and_bytes_dribbled_one_at_a_time() {
 fn ping_gets_pong() {
     let wsd = Wsd::start(&[]);
     let mut ws = connect(&wsd);
-    ws.send(Message::Ping(b"are you there".to_vec().into()))
-        .unwrap();
-    assert_eq!(
-        ws.read().unwrap(),
-        Message::Pong(b"are you there".to_vec().into())
-    );
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
 }
 
 #[test]

@@ -352,7 +352,7 @@ impl<H: Handler> EventLoop<H> {
         }
         let snapshot = Snapshot {
             stats: &self.stats,
-            open: self.conns.len(),
+            open: self.counted,
             draining: self.drain.is_some(),
             drain_pending: self.pacer.len(),
         };

@@ -178,10 +178,12 @@ fn connect(path: &str) -> io::Result<(UnixDatagram, SocketAddr)> {
 impl<H: Handler> EventLoop<H> {
     /// Tells systemd where the loop stands (called once per loop turn).
     pub(super) fn notify_tick(&mut self) {
-        let n = self.conns.len();
         let state = match self.drain {
-            Some(_) => State::Draining { left: n },
-            None => State::Serving { open: n },
+            Some(_) => State::Draining {
+                left: self.conns.len(),
+            },
+            // Refused connections waiting to read their 503 are not counted as served.
+            None => State::Serving { open: self.counted },
         };
         self.notify.tick(self.now, state);
     }
