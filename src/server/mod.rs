@@ -281,7 +281,6 @@ impl<H: Handler> EventLoop<H> {
             self.expire_timers();
             self.send_paced_closes();
             self.metrics.expire(self.now, self.poll.registry());
-            self.notify_tick();
             if let Some(drain) = &mut self.drain {
                 if self.conns.is_empty() {
                     drain.report.duration = drain.started.elapsed();
@@ -289,6 +288,7 @@ impl<H: Handler> EventLoop<H> {
                     return Ok(Exit::Drained(drain.report));
                 }
             }
+            self.notify_tick();
         }
     }
 
