@@ -638,7 +638,9 @@ impl<H: Handler> EventLoop<H> {
             }
             Timer::Close => {
                 log::debug!("{id}: close timed out");
-                self.stats.close_timeouts += 1;
+                if conn.session.close_state() != CloseState::Open {
+                    self.stats.close_timeouts += 1; // A WebSocket close handshake, not an HTTP refusal.
+                }
                 let ending = if conn.failed {
                     Ending::Errored
                 } else {
