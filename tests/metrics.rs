@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{connect, frame, http_get, raw_upgraded, read_frame, scrape, Wsd};
+use common::{connect, http_get, raw_upgraded, read_frame, scrape, Wsd};
 use std::io::Write;
 use tungstenite::Message;
 
@@ -43,7 +43,8 @@ fn counters_move_during_an_echo_run_and_a_drain() {
     old.write_all(request.replace("Version: 13", "Version: 8").as_bytes())
         .unwrap();
     assert!(common::read_http_head(&mut old).starts_with("HTTP/1.1 426"));
-    drop(old); // So that the only close timeout below is the WebSocket one.
+    // Closed, so that the only close timeout below is the WebSocket one.
+    drop(old);
     // A client that breaks the protocol is sent 1002 and never answers: a close timeout.
     let mut rude = raw_upgraded(&wsd);
     rude.write_all(&[0x81, 0x05, b'h', b'e', b'l', b'l', b'o'])
