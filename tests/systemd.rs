@@ -314,3 +314,47 @@ fn flags_override_the_config_file_at_run_time() {
         .unwrap();
     assert!(wsd.wait_exit().success());
 }
+
+#[test]
+fn socket_activation_through_systemd_socket_activate() {
+    // Debian's systemd package has the tool (scripts/check-units.sh installs it).
+    let tool = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(tool).exists() {
+        eprintln!("skipped: {tool} is not installed");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(tool);
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=wsd"])
+        .args(["-E", "RUST_LOG=debug"])
+        .arg(env!("CARGO_BIN_EXE_wsd"))
+        .args(["--listen", "192.0.2.1:9"])
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // The tool listens, then execs wsd (same pid) when the first connection comes.
+    let mut wsd = Wsd::spawn_until(cmd, &format!("Listening on 127.0.0.1:{port} as 3."));
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).unwrap();
+    let line = wsd.wait_for_log("listening on ").unwrap();
+    assert!(
+        line.contains(&format!("listening on 127.0.0.1:{port} ")),
+        "{line}"
+    );
+    assert!(wsd
+        .logs()
+        .iter()
+        .any(|l| l.contains("socket activation: fd 3 (wsd)")));
+    ws.send(Message::text("activated")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("activated"));
+    wsd.signal(libc::SIGTERM);
+    assert!(matches!(ws.read(), Ok(Message::Close(_))));
+    let _ = ws.flush();
+    assert!(wsd.wait_exit().success());
+}

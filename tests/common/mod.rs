@@ -317,7 +317,20 @@ pub fn activated_command(listeners: &[(&std::net::TcpListener, &str)], args: &[&
 
 impl Wsd {
     /// Spawns `cmd` (see [`wsd_command`]; stderr must be piped) and waits until it listens.
-    pub fn spawn(mut cmd: Command) -> Wsd {
+    pub fn spawn(cmd: Command) -> Wsd {
+        let mut wsd = Wsd::spawn_until(cmd, "listening on ");
+        let line = wsd.wait_for_log("listening on ").unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in log line");
+        wsd.addr = addr.parse().expect("socket address");
+        wsd
+    }
+
+    /// Spawns `cmd` and waits for a stderr line containing `needle` (its `addr` is unset).
+    pub fn spawn_until(mut cmd: Command, needle: &str) -> Wsd {
         let mut child = cmd.spawn().expect("spawn wsd");
         let stderr = child.stderr.take().expect("stderr");
         let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
@@ -330,20 +343,14 @@ impl Wsd {
                 cv.notify_all();
             }
         });
-        let mut wsd = Wsd {
+        let wsd = Wsd {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        let line = wsd
-            .wait_for_log("listening on ")
-            .unwrap_or_else(|| panic!("wsd did not start: {:?}", wsd.logs()));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in log line");
-        wsd.addr = addr.parse().expect("socket address");
+        if wsd.wait_for_log(needle).is_none() {
+            panic!("no {needle:?} from {cmd:?}: {:?}", wsd.logs());
+        }
         wsd
     }
 
