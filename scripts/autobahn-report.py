@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Judge an Autobahn|Testsuite fuzzingclient report (used by scripts/autobahn.sh).
 
-usage: autobahn-report.py INDEX_JSON [--agent wsd] [--expected N] [--details N]
+usage: autobahn-report.py INDEX_JSON [--agent NAME] [--expected N] [--details N]
+
+Without --agent the report must hold exactly one agent, which is judged.
 
 Passes (exit 0) only when the report holds at least N cases for the agent and
 every case's `behavior` AND `behaviorClose` is OK or INFORMATIONAL. Anything
@@ -30,7 +32,7 @@ def one_line(value, limit=300):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("index", help="path to <outdir>/index.json")
-    ap.add_argument("--agent", default="wsd")
+    ap.add_argument("--agent", help="agent to judge (default: the report's only agent)")
     ap.add_argument("--expected", type=int, default=1,
                     help="minimum number of cases the report must hold")
     ap.add_argument("--details", type=int, default=20,
@@ -43,6 +45,8 @@ def main():
     except (OSError, ValueError) as e:
         print("autobahn-report: cannot read %s: %s" % (args.index, e))
         return 2
+    if args.agent is None and len(index) == 1:
+        args.agent = next(iter(index))
     if args.agent not in index:
         print("autobahn-report: agent %r not in %s (agents: %s)"
               % (args.agent, args.index, ", ".join(sorted(index)) or "none"))

@@ -6,8 +6,9 @@
 #
 # Steps: install wstest (once) -> build wsd -> start it on a free 127.0.0.1 port ->
 # run wstest -> judge <repo>/autobahn-reports/servers/index.json with
-# scripts/autobahn-report.py. Exit 0 = pass, 1 = a case failed / too few cases /
-# wsd died, other = harness trouble (install, build, server never listened).
+# scripts/autobahn-report.py. Exit 0 = pass; 1 = a case failed, too few cases in the
+# report (crash/timeout) or the server died; 2 = the server never listened or another
+# harness problem found by this script (a failing install or build exits with its own code).
 #
 # The test client: wstest (PyPI autobahntestsuite, Python 2 code) in a CPython 2.7
 # virtualenv at <repo>/.venv-autobahn, created by virtualenv<20.22 from a Python 3
@@ -26,7 +27,7 @@
 #   AUTOBAHN_RUNNER   auto (default: wstest if CPython 2.7 is found, else kosoku) | wstest | kosoku
 #   PYTHON27          CPython 2.7 interpreter (default: pyenv's 2.7.18, then python2.7 on PATH)
 #   PYTHON3           Python 3 for the bootstrap venv, the report parser and kosoku (default python3)
-#   AUTOBAHN_CASES    space-separated case patterns (default "1.* 2.* ... 10.*")
+#   AUTOBAHN_CASES    space-separated case patterns (default "1.* ... 7.* 9.* 10.*", all of 1-10)
 #   AUTOBAHN_EXPECTED minimum number of cases the report must hold
 #                     (default 301 with the default cases, else 1)
 #   AUTOBAHN_TIMEOUT  seconds the whole fuzzing run may take (default 600)
@@ -52,7 +53,8 @@ if [[ -n "${AUTOBAHN_CASES:-}" ]]; then
   read -r -a CASES <<<"$AUTOBAHN_CASES"
   EXPECTED="${AUTOBAHN_EXPECTED:-1}"
 else
-  CASES=("1.*" "2.*" "3.*" "4.*" "5.*" "6.*" "7.*" "8.*" "9.*" "10.*")
+  # There is no category 8 in the suite (and kosoku rejects a pattern that matches nothing).
+  CASES=("1.*" "2.*" "3.*" "4.*" "5.*" "6.*" "7.*" "9.*" "10.*")
   EXPECTED="${AUTOBAHN_EXPECTED:-301}"
 fi
 # Bootstrap venv (Python 3): the last virtualenv that can still create 2.7 environments.
@@ -216,11 +218,13 @@ EOF
 log "running $RUNNER fuzzingclient, cases ${CASES[*]} (timeout ${TIMEOUT} s, log: $REPORTS/$RUNNER.log)"
 t0=$SECONDS
 run_rc=0
+AGENT=(--agent wsd)
 if [[ "$RUNNER" == wstest ]]; then
-  # wstest writes its reports relative to nothing but the spec; run it from the reports dir.
+  # Run from the reports dir so nothing wstest writes relative to its cwd lands elsewhere.
   (cd "$REPORTS" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/wstest" -m fuzzingclient -s "$SPEC") \
     >"$REPORTS/wstest.log" 2>&1 || run_rc=$?
 else
+  AGENT=()   # kosoku ignores the spec and names the agent itself; the report holds just that one
   includes=()
   for c in "${CASES[@]}"; do includes+=(-i "$c"); done
   (cd "$REPORTS" && timeout --kill-after=10 "$TIMEOUT" "$KOSOKU_VENV/bin/kosoku" -m fuzzingclient \
@@ -246,9 +250,9 @@ stop_server
 # ---------------------------------------------------------------- 4. verdict
 log "verdict"
 report_rc=0
-"$PYTHON3" "$SCRIPTS/autobahn-report.py" "$OUTDIR/index.json" --agent wsd --expected "$EXPECTED" \
+"$PYTHON3" "$SCRIPTS/autobahn-report.py" "$OUTDIR/index.json" "${AGENT[@]}" --expected "$EXPECTED" \
   || report_rc=$?
-echo "HTML report: $OUTDIR/index.html"
+[[ -f "$OUTDIR/index.html" ]] && echo "HTML report: $OUTDIR/index.html"
 if [[ $report_rc -ne 0 || $run_rc -ne 0 || $server_died == yes ]]; then
   exit 1
 fi
