@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks the systemd units in systemd/: `systemd-analyze verify` must pass on wsd.service and
-# wsd.socket without a word, and `systemd-analyze security --offline=yes` must rate
+# Checks the systemd units in systemd/: `systemd-analyze verify` must pass on wsd.service,
+# wsd.socket and wsd-metrics.socket without a word, and `systemd-analyze security --offline=yes` must rate
 # wsd.service at most $MAX_EXPOSURE. Installs systemd (Debian's package) if systemd-analyze is
 # missing. Usage: bash scripts/check-units.sh
 set -euo pipefail
@@ -26,10 +26,11 @@ trap 'rm -rf "$tmp"' EXIT
 # verify insists that ExecStart='s binary exists: point it at the one just built and change
 # nothing else. The socket stays beside the service so that verify pairs them.
 sed "s#/usr/local/bin/wsd#$bin#" systemd/wsd.service >"$tmp/wsd.service"
-cp systemd/wsd.socket "$tmp/wsd.socket"
+cp systemd/wsd.socket systemd/wsd-metrics.socket "$tmp/"
 
-echo "== systemd-analyze verify wsd.service wsd.socket"
-if ! out="$(cd "$tmp" && systemd-analyze verify wsd.service wsd.socket 2>&1)" || [ -n "$out" ]; then
+echo "== systemd-analyze verify wsd.service wsd.socket wsd-metrics.socket"
+if ! out="$(cd "$tmp" && systemd-analyze verify wsd.service wsd.socket wsd-metrics.socket 2>&1)" ||
+    [ -n "$out" ]; then
     printf '%s\n' "$out"
     echo "FAIL: systemd-analyze verify"
     exit 1
