@@ -40,22 +40,9 @@ fn main() -> ExitCode {
     };
     wsd::logging::init();
 
-    match wsd::rlimit::raise() {
-        Ok(limit) => {
-            log::info!(
-                "open-file limit {} (was {}, hard limit {}); max_connections {} needs {}",
-                limit.soft,
-                limit.before,
-                limit.hard,
-                config.max_connections,
-                wsd::rlimit::needed(config.max_connections)
-            );
-            if let Err(e) = wsd::rlimit::check(limit, config.max_connections) {
-                log::error!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        }
-        Err(e) => log::warn!("cannot read the open-file limit: {e}"),
+    if let Err(e) = wsd::rlimit::ensure(config.max_connections) {
+        log::error!("{e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
 
     let server = match Server::start(config) {

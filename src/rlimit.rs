@@ -19,6 +19,25 @@ pub struct NoFile {
     pub hard: u64,
 }
 
+/// Raises the open-file limit, logs it, and fails when `max_connections` does not fit.
+pub fn ensure(max_connections: usize) -> Result<(), String> {
+    let limit = match raise() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            return Ok(());
+        }
+    };
+    log::info!(
+        "open-file limit {} (was {}, hard limit {}); max_connections {max_connections} needs {}",
+        limit.soft,
+        limit.before,
+        limit.hard,
+        needed(max_connections)
+    );
+    check(limit, max_connections)
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped by `fs.nr_open` when the hard limit
 /// is unlimited, since the kernel refuses more).
 pub fn raise() -> io::Result<NoFile> {
