@@ -74,10 +74,20 @@ fn closes_are_spread_over_the_window_and_every_client_gets_one() {
 
 #[test]
 fn a_paced_drain_still_answers_messages_and_refuses_new_connections() {
-    let mut wsd = Wsd::start(&["--drain-spread", "3s", "--close-timeout", "5s"]);
+    let notify = common::NotifySocket::abstract_name("paced");
+    let mut wsd = Wsd::start_with(
+        &["--drain-spread", "3s", "--close-timeout", "5s"],
+        &[("NOTIFY_SOCKET", &notify.name)],
+    );
     let mut clients: Vec<_> = (0..10).map(|_| raw_upgraded(&wsd)).collect();
     wsd.signal(libc::SIGTERM);
     wsd.wait_for_log("draining 10 connections").unwrap();
+    // systemd is asked to wait for the spread, close_timeout and the 5 s margin.
+    let stopping = notify.recv_until(|m| m.starts_with("STOPPING=1"));
+    assert_eq!(
+        stopping.last().unwrap(),
+        "STOPPING=1\nSTATUS=draining: 10 left\nEXTEND_TIMEOUT_USEC=13000000"
+    );
     // New connections are not accepted any more, at once (not after the spread).
     if let Ok(mut late) = std::net::TcpStream::connect(wsd.addr) {
         late.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
