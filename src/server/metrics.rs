@@ -154,7 +154,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     metric(
         "wsd_closes_total",
         "counter",
-        "Closing handshakes by the side that started them and its close code.",
+        "Closing handshakes by the side that started them and the code it sent (1005: none; 1006: no Close at all).",
         &closes,
     );
     metric(
