@@ -9,7 +9,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
 echo "== unit and integration tests"
-cargo test --all-targets
+cargo test --release --all-targets
 
 echo "== Autobahn|Testsuite (cases 1.* to 10.*)"
 bash scripts/autobahn.sh

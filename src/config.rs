@@ -503,9 +503,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     /// `--check-config`: the configuration is valid; print a word and exit 0.
-    Check(Config),
+    Check(Box<Config>),
     Help,
     Version,
 }
@@ -567,9 +567,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         .validate()
         .map_err(|e| ConfigError::new(format!("--{}", e.key.replace('_', "-")), e.message))?;
     Ok(if check {
-        Command::Check(config)
+        Command::Check(Box::new(config))
     } else {
-        Command::Run(config)
+        Command::Run(Box::new(config))
     })
 }
 

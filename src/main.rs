@@ -16,7 +16,7 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Check(_)) => {
             println!("wsd: configuration is valid");
             return ExitCode::SUCCESS;

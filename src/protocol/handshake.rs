@@ -1,5 +1,5 @@
-//! The opening handshake, server side (RFC 6455 §4.2): an HTTP/1.1 Upgrade request in, a 101
-//! response or an HTTP error status out.
+//! The opening handshake (RFC 6455 §4): the server side (an HTTP/1.1 Upgrade request in, a 101
+//! response or an HTTP error status out) and the client side (request out, 101 response checked).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -220,6 +220,99 @@ pub fn write_accept(key: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
+/// Most headers a server's handshake response may carry (client side).
+pub const MAX_RESPONSE_HEADERS: usize = 32;
+
+/// Why a server's handshake response was not a valid 101 for our key (client side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseError {
+    /// Not parseable as an HTTP/1.1 response head, or too many headers.
+    Malformed,
+    /// A status other than 101 (the server refused: 503 while draining, 426, …).
+    Status(u16),
+    /// `Upgrade: websocket` or `Connection: upgrade` missing (§4.1, items 2 and 3).
+    NotUpgraded,
+    /// `Sec-WebSocket-Accept` missing or not the one derived from our key (§4.1, item 4).
+    BadAccept,
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::Malformed => f.write_str("malformed handshake response"),
+            ResponseError::Status(s) => write!(f, "handshake refused with HTTP {s}"),
+            ResponseError::NotUpgraded => f.write_str("response lacks Upgrade/Connection"),
+            ResponseError::BadAccept => f.write_str("wrong Sec-WebSocket-Accept"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+/// The `Sec-WebSocket-Key` for a 16-byte nonce (§4.1: "a randomly selected 16-byte value that
+/// has been base64-encoded"); always 24 base64 characters.
+pub fn client_key(nonce: [u8; 16]) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    // 16 bytes are always 24 base64 characters.
+    let _ = BASE64.encode_slice(nonce, &mut out);
+    out
+}
+
+/// Appends a client's upgrade request for `path` on `host` with `key` (§4.1).
+pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
+    for part in [
+        "GET ",
+        path,
+        " HTTP/1.1\r\nHost: ",
+        host,
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
+        key,
+        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// Checks the server's response head at the start of `buf` against the `key` we sent.
+///
+/// Returns `Ok(None)` while the head is incomplete, and `Ok(Some(n))` with the length of the
+/// head (frames may follow it in `buf`) once it is a valid 101 for `key`.
+pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ResponseError::Malformed),
+    };
+    // §4.1: "If the status code received from the server is not 101, the client handles the
+    // response per HTTP procedures"; for a WebSocket client that means no connection.
+    match resp.code {
+        Some(101) => {}
+        Some(code) => return Err(ResponseError::Status(code)),
+        None => return Err(ResponseError::Malformed),
+    }
+    let mut upgrade = false;
+    let mut connection = false;
+    let mut accept = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(h.value, "websocket");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(h.value, "upgrade");
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = Some(trim(h.value));
+        }
+    }
+    if !upgrade || !connection {
+        return Err(ResponseError::NotUpgraded);
+    }
+    if accept != Some(accept_key(key).as_slice()) {
+        return Err(ResponseError::BadAccept);
+    }
+    Ok(Some(head_len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +411,69 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    /// §1.3 / §4.1: the sample nonce "the sample nonce" is the key of the RFC's example.
+    #[test]
+    fn client_key_encodes_the_nonce() {
+        assert_eq!(
+            &client_key(*b"the sample nonce"),
+            b"dGhlIHNhbXBsZSBub25jZQ=="
+        );
+    }
+
+    #[test]
+    fn client_request_is_accepted_by_the_server_side() {
+        let mut req = Vec::new();
+        write_request(
+            "localhost:9001",
+            "/chat",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            &mut req,
+        );
+        let parsed = parse_request(&req, 8192).unwrap().unwrap();
+        assert_eq!(parsed.path, "/chat");
+        assert_eq!(parsed.key, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(parsed.head_len, req.len());
+    }
+
+    #[test]
+    fn client_checks_the_servers_accept() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let mut resp = Vec::new();
+        write_accept(key, &mut resp);
+        let head = resp.len();
+        for end in 0..head {
+            assert_eq!(check_response(&resp[..end], key), Ok(None), "prefix {end}");
+        }
+        resp.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        assert_eq!(check_response(&resp, key), Ok(Some(head)));
+        // The same response for another key is refused.
+        assert_eq!(
+            check_response(&resp, "AQIDBAUGBwgJCgsMDQ4PEA=="),
+            Err(ResponseError::BadAccept)
+        );
+    }
+
+    #[test]
+    fn client_refuses_other_statuses_and_missing_headers() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let mut out = Vec::new();
+        Reject::Unavailable.write_response(&mut out);
+        assert_eq!(check_response(&out, key), Err(ResponseError::Status(503)));
+        let no_upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(
+            check_response(no_upgrade, key),
+            Err(ResponseError::NotUpgraded)
+        );
+        let no_accept = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        assert_eq!(
+            check_response(no_accept, key),
+            Err(ResponseError::BadAccept)
+        );
+        assert_eq!(
+            check_response(b"\x16\x03garbage\r\n\r\n", key),
+            Err(ResponseError::Malformed)
+        );
     }
 }

@@ -102,6 +102,8 @@ pub struct Conn {
     pub peer_code: Option<CloseCode>,
     /// When bytes last arrived, in the loop's milliseconds (wrapping).
     pub last_read_ms: u32,
+    /// When the current timer was armed (for a Ping: when it was sent), same clock.
+    pub armed_ms: u32,
     /// The address counted against `max_connections_per_ip`, when that limit is on.
     pub ip: Option<IpAddr>,
     pub session: Session,
@@ -125,12 +127,19 @@ impl Conn {
             counted: true,
             peer_code: None,
             last_read_ms: now_ms,
+            armed_ms: now_ms,
             ip: None,
             session: Session::new(Role::Server, config.limits(), 0),
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
         }
+    }
+
+    /// Whether bytes arrived since the current timer was armed (in the same millisecond
+    /// counts: a Pong can come back that fast on loopback).
+    pub fn read_since_armed(&self, now_ms: u32) -> bool {
+        now_ms.wrapping_sub(self.last_read_ms) <= now_ms.wrapping_sub(self.armed_ms)
     }
 
     pub fn has_output(&self) -> bool {

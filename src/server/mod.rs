@@ -560,7 +560,6 @@ impl<H: Handler> EventLoop<H> {
             _ => Timer::Close,
         };
         if want != conn.timer {
-            conn.timer = want;
             let after = match want {
                 Timer::None => None,
                 Timer::Handshake => Some(self.config.handshake_timeout),
@@ -569,10 +568,7 @@ impl<H: Handler> EventLoop<H> {
                 Timer::SlowConsumer => Some(self.config.slow_consumer_timeout),
                 Timer::Close => Some(self.config.close_timeout),
             };
-            match after {
-                Some(after) => self.wheel.arm(id.0, self.now + after),
-                None => self.wheel.cancel(id.0),
-            }
+            self.arm(id, want, after);
         }
     }
 
@@ -583,12 +579,27 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    /// Arms the connection's one timer as `timer`, due `after` from now.
+    fn arm(&mut self, id: ConnId, timer: Timer, after: Option<Duration>) {
+        let now_ms = self.now_ms();
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        conn.timer = timer;
+        conn.armed_ms = now_ms;
+        match after {
+            Some(after) => self.wheel.arm(id.0, self.now + after),
+            None => self.wheel.cancel(id.0),
+        }
+    }
+
     fn on_timer(&mut self, id: ConnId) {
         let now_ms = self.now_ms();
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
         let idle = Duration::from_millis(u64::from(now_ms.wrapping_sub(conn.last_read_ms)));
+        let heard = conn.read_since_armed(now_ms);
         let mut cx = context(
             &self.config,
             id,
@@ -604,37 +615,33 @@ impl<H: Handler> EventLoop<H> {
                 self.stats.handshake_timeouts += 1;
                 return self.remove(id, Ending::TimedOut);
             }
-            Timer::Ping if idle < cx.config.ping_interval => {
-                // Input arrived since the timer was set: wait out the rest of the interval.
-                let at = self.now + (cx.config.ping_interval - idle);
-                self.wheel.arm(id.0, at);
-                return;
+            Timer::Ping | Timer::Pong if heard => {
+                // Input arrived since the timer was set (for a Pong timer: since the Ping): the
+                // peer is alive; the next Ping is due one interval after its last bytes.
+                let rest = self.config.ping_interval.saturating_sub(idle);
+                return self.arm(id, Timer::Ping, Some(rest));
             }
             Timer::Ping => {
                 conn.emit(&mut cx, |session, out| {
                     session.ping(PING_PAYLOAD, out);
                 });
-                conn.timer = Timer::Pong;
-                self.wheel.arm(id.0, self.now + self.config.pong_timeout);
-            }
-            Timer::Pong if idle < cx.config.pong_timeout => {
-                // Something arrived after the Ping: the peer is alive.
-                conn.timer = Timer::Ping;
-                let at = self.now + (cx.config.ping_interval.saturating_sub(idle));
-                self.wheel.arm(id.0, at);
+                self.arm(id, Timer::Pong, Some(self.config.pong_timeout));
             }
             Timer::Pong => {
-                log::debug!("{id}: no answer to a Ping in {:?}", cx.config.pong_timeout);
+                log::debug!(
+                    "{id}: no answer to a Ping in {:?}",
+                    self.config.pong_timeout
+                );
                 return self.remove(id, Ending::TimedOut);
             }
             Timer::SlowConsumer => {
                 log::debug!("{id}: slow consumer, {} bytes queued", conn.queued());
                 cx.stats.slow_consumer_closes += 1;
                 cx.stats.closed(Side::Server, CloseCode::POLICY.0);
-                conn.timer = Timer::None;
                 conn.emit(&mut cx, |session, out| {
                     session.close(CloseCode::POLICY, "slow consumer", out);
                 });
+                self.arm(id, Timer::None, None);
             }
             Timer::Close => {
                 log::debug!("{id}: close timed out");

@@ -1,0 +1,585 @@
+//! What a run counted, merged over the worker threads, and its two renderings: a table for a
+//! person and JSON for a script.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use wsd::protocol::handshake::ResponseError;
+
+use crate::cli::{Mode, Options};
+use crate::client::End;
+
+/// Highest latency the histograms track (longer samples are clamped to it): one minute, in ns.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Significant decimal digits of the histograms (0.1 % resolution).
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIGNIFICANT_DIGITS).expect("valid bounds")
+}
+
+/// Counts of one worker, or of all of them once merged.
+pub struct Stats {
+    pub attempts: u64,
+    pub opened: u64,
+    /// Connects that failed, by kind.
+    pub refused: u64,
+    pub connect_timeouts: u64,
+    pub http_status: BTreeMap<u16, u64>,
+    pub bad_handshakes: u64,
+    /// Time from connect() to the 101, in ns.
+    pub connect_latency: Histogram<u64>,
+    pub first_attempt: Option<Instant>,
+    pub last_open: Option<Instant>,
+
+    /// Echo: verified echoes, their payload bytes, and their latency in ns.
+    pub messages: u64,
+    pub bytes: u64,
+    pub latency: Histogram<u64>,
+    pub first_send: Option<Instant>,
+    pub last_echo: Option<Instant>,
+    /// Echoes that were not what was sent.
+    pub mismatches: u64,
+    /// Echoes still missing when the wait for them ended.
+    pub missing_echoes: u64,
+    /// Connections that ended while they should have stayed open (echo run or idle hold).
+    pub lost: u64,
+    /// Data messages the server sent unasked.
+    pub unexpected: u64,
+
+    /// Close: server Close codes (1005 for none) and how connections ended after a Close.
+    pub close_codes: BTreeMap<u16, u64>,
+    pub clean: u64,
+    pub reset: u64,
+    pub eof_before_close: u64,
+    pub timed_out: u64,
+    pub protocol_errors: u64,
+    /// Connections that never answered the server's Close and were then dropped by it.
+    pub silent: u64,
+    pub silent_dropped: u64,
+    pub first_close: Option<Instant>,
+    pub last_close: Option<Instant>,
+    pub last_end: Option<Instant>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            attempts: 0,
+            opened: 0,
+            refused: 0,
+            connect_timeouts: 0,
+            http_status: BTreeMap::new(),
+            bad_handshakes: 0,
+            connect_latency: histogram(),
+            first_attempt: None,
+            last_open: None,
+            messages: 0,
+            bytes: 0,
+            latency: histogram(),
+            first_send: None,
+            last_echo: None,
+            mismatches: 0,
+            missing_echoes: 0,
+            lost: 0,
+            unexpected: 0,
+            close_codes: BTreeMap::new(),
+            clean: 0,
+            reset: 0,
+            eof_before_close: 0,
+            timed_out: 0,
+            protocol_errors: 0,
+            silent: 0,
+            silent_dropped: 0,
+            first_close: None,
+            last_close: None,
+            last_end: None,
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Stats {
+    /// A connect or handshake that did not produce an open WebSocket.
+    pub fn connect_failed(&mut self, end: End) {
+        match end {
+            End::TimedOut => self.connect_timeouts += 1,
+            End::Handshake(ResponseError::Status(s)) => {
+                *self.http_status.entry(s).or_default() += 1
+            }
+            End::Handshake(_) | End::Protocol => self.bad_handshakes += 1,
+            _ => self.refused += 1,
+        }
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.refused
+            + self.connect_timeouts
+            + self.bad_handshakes
+            + self.http_status.values().sum::<u64>()
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        self.attempts += o.attempts;
+        self.opened += o.opened;
+        self.refused += o.refused;
+        self.connect_timeouts += o.connect_timeouts;
+        for (k, v) in &o.http_status {
+            *self.http_status.entry(*k).or_default() += v;
+        }
+        self.bad_handshakes += o.bad_handshakes;
+        let _ = self.connect_latency.add(&o.connect_latency);
+        self.first_attempt = earliest(self.first_attempt, o.first_attempt);
+        self.last_open = latest(self.last_open, o.last_open);
+        self.messages += o.messages;
+        self.bytes += o.bytes;
+        let _ = self.latency.add(&o.latency);
+        self.first_send = earliest(self.first_send, o.first_send);
+        self.last_echo = latest(self.last_echo, o.last_echo);
+        self.mismatches += o.mismatches;
+        self.missing_echoes += o.missing_echoes;
+        self.lost += o.lost;
+        self.unexpected += o.unexpected;
+        for (k, v) in &o.close_codes {
+            *self.close_codes.entry(*k).or_default() += v;
+        }
+        self.clean += o.clean;
+        self.reset += o.reset;
+        self.eof_before_close += o.eof_before_close;
+        self.timed_out += o.timed_out;
+        self.protocol_errors += o.protocol_errors;
+        self.silent += o.silent;
+        self.silent_dropped += o.silent_dropped;
+        self.first_close = earliest(self.first_close, o.first_close);
+        self.last_close = latest(self.last_close, o.last_close);
+        self.last_end = latest(self.last_end, o.last_end);
+    }
+}
+
+/// CPU time over the measured window (echo: from the first message to the last echo).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub client: Duration,
+    pub server: Option<Duration>,
+}
+
+/// The merged result of a run, with the verdict.
+pub struct Report<'a> {
+    pub opts: &'a Options,
+    pub stats: Stats,
+    pub cpu: Cpu,
+    /// How long the connections were held (idle) or waited on (drain).
+    pub held: Duration,
+}
+
+fn secs(a: Option<Instant>, b: Option<Instant>) -> f64 {
+    match (a, b) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+fn per_sec(n: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
+    }
+}
+
+/// Percentiles reported, as (label, quantile).
+const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999)];
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+impl Report<'_> {
+    /// Every check passed: exit status 0.
+    pub fn ok(&self) -> bool {
+        let s = &self.stats;
+        let connected = s.opened == self.opts.connections as u64 && s.connect_failures() == 0;
+        let common = connected && s.mismatches == 0 && s.protocol_errors == 0;
+        match self.opts.mode {
+            Mode::Echo => common && s.missing_echoes == 0 && s.lost == 0 && s.messages > 0,
+            Mode::Idle => common && s.lost == 0,
+            // Every connection got a Close and went away in time; answering ones cleanly.
+            Mode::Drain => {
+                common
+                    && s.timed_out == 0
+                    && s.eof_before_close == 0
+                    && s.clean + s.silent_dropped == s.opened
+            }
+        }
+    }
+
+    fn elapsed(&self) -> f64 {
+        secs(self.stats.first_send, self.stats.last_echo)
+    }
+
+    fn connect_span(&self) -> f64 {
+        secs(self.stats.first_attempt, self.stats.last_open)
+    }
+
+    fn per_msg_us(&self, cpu: Duration) -> f64 {
+        if self.stats.messages == 0 {
+            0.0
+        } else {
+            cpu.as_secs_f64() * 1e6 / self.stats.messages as f64
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let o = self.opts;
+        let s = &self.stats;
+        let mut t = String::new();
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<26} {v}");
+        };
+        let _ = writeln!(
+            t,
+            "wsd-load {} → {} ({} connections, {} thread{})",
+            o.mode.name(),
+            o.addr,
+            o.connections,
+            o.threads,
+            if o.threads == 1 { "" } else { "s" }
+        );
+        row(
+            &mut t,
+            "opened",
+            format!("{} of {}", s.opened, o.connections),
+        );
+        row(&mut t, "connect failures", self.failures_text());
+        let cspan = self.connect_span();
+        row(
+            &mut t,
+            "connect rate",
+            format!("{:.0}/s over {:.3} s", per_sec(s.opened, cspan), cspan),
+        );
+        row(
+            &mut t,
+            "connect latency (µs)",
+            percentiles_text(&s.connect_latency),
+        );
+        match o.mode {
+            Mode::Echo => {
+                let el = self.elapsed();
+                let kind = if o.binary { "binary" } else { "text" };
+                row(
+                    &mut t,
+                    "messages",
+                    format!(
+                        "{} × {} B {kind}, pipeline {}",
+                        s.messages, o.size, o.pipeline
+                    ),
+                );
+                row(&mut t, "elapsed", format!("{el:.3} s"));
+                row(
+                    &mut t,
+                    "messages/s",
+                    format!("{:.0}", per_sec(s.messages, el)),
+                );
+                row(
+                    &mut t,
+                    "bytes/s (payload, one way)",
+                    format!(
+                        "{:.0} ({:.1} MiB/s)",
+                        per_sec(s.bytes, el),
+                        per_sec(s.bytes, el) / 1048576.0
+                    ),
+                );
+                row(&mut t, "latency (µs)", percentiles_text(&s.latency));
+                row(
+                    &mut t,
+                    "verification",
+                    format!(
+                        "{} mismatched, {} missing, {} connections lost",
+                        s.mismatches, s.missing_echoes, s.lost
+                    ),
+                );
+                row(
+                    &mut t,
+                    "client CPU µs/msg",
+                    format!("{:.2}", self.per_msg_us(self.cpu.client)),
+                );
+                if let Some(server) = self.cpu.server {
+                    row(
+                        &mut t,
+                        "server CPU µs/msg",
+                        format!("{:.2}", self.per_msg_us(server)),
+                    );
+                }
+            }
+            Mode::Idle => {
+                row(&mut t, "held", format!("{:.1} s", self.held.as_secs_f64()));
+                row(&mut t, "dropped while held", s.lost.to_string());
+            }
+            Mode::Drain => {}
+        }
+        if o.mode == Mode::Drain || !s.close_codes.is_empty() {
+            row(&mut t, "close codes", codes_text(&s.close_codes));
+            row(
+                &mut t,
+                "ended",
+                format!(
+                    "{} clean, {} reset, {} EOF before Close, {} timed out, {} protocol errors",
+                    s.clean, s.reset, s.eof_before_close, s.timed_out, s.protocol_errors
+                ),
+            );
+            if o.mode == Mode::Drain {
+                row(
+                    &mut t,
+                    "never answering",
+                    format!("{} ({} dropped by the server)", s.silent, s.silent_dropped),
+                );
+                row(
+                    &mut t,
+                    "first → last Close",
+                    format!("{:.1} ms", secs(s.first_close, s.last_close) * 1e3),
+                );
+                row(
+                    &mut t,
+                    "first Close → last end",
+                    format!("{:.1} ms", secs(s.first_close, s.last_end) * 1e3),
+                );
+            }
+        }
+        row(
+            &mut t,
+            "result",
+            if self.ok() {
+                "PASS".into()
+            } else {
+                "FAIL".into()
+            },
+        );
+        t
+    }
+
+    fn failures_text(&self) -> String {
+        let s = &self.stats;
+        let mut t = format!(
+            "{} ({} refused, {} timed out, {} bad handshakes",
+            s.connect_failures(),
+            s.refused,
+            s.connect_timeouts,
+            s.bad_handshakes
+        );
+        for (status, n) in &s.http_status {
+            let _ = write!(t, ", {n} × HTTP {status}");
+        }
+        t.push(')');
+        t
+    }
+
+    pub fn json(&self) -> String {
+        let o = self.opts;
+        let s = &self.stats;
+        let mut j = Json::default();
+        j.str("mode", o.mode.name());
+        j.str("url", &format!("ws://{}{}", o.host, o.path));
+        j.num("connections", o.connections as f64);
+        j.num("threads", o.threads as f64);
+        j.raw("ok", if self.ok() { "true" } else { "false" });
+        j.num("opened", s.opened as f64);
+        j.raw("connect_failures", &{
+            let mut f = Json::default();
+            f.num("total", s.connect_failures() as f64);
+            f.num("refused", s.refused as f64);
+            f.num("timed_out", s.connect_timeouts as f64);
+            f.num("bad_handshake", s.bad_handshakes as f64);
+            f.raw("http_status", &counts_json(&s.http_status));
+            f.finish()
+        });
+        j.num("connect_per_s", per_sec(s.opened, self.connect_span()));
+        j.raw("connect_latency_us", &percentiles_json(&s.connect_latency));
+        match o.mode {
+            Mode::Echo => {
+                let el = self.elapsed();
+                j.num("size", o.size as f64);
+                j.raw("binary", if o.binary { "true" } else { "false" });
+                j.num("pipeline", o.pipeline as f64);
+                j.num("messages", s.messages as f64);
+                j.num("bytes", s.bytes as f64);
+                j.num("elapsed_s", el);
+                j.num("messages_per_s", per_sec(s.messages, el));
+                j.num("bytes_per_s", per_sec(s.bytes, el));
+                j.raw("latency_us", &percentiles_json(&s.latency));
+                j.num("mismatches", s.mismatches as f64);
+                j.num("missing_echoes", s.missing_echoes as f64);
+                j.num("lost", s.lost as f64);
+                j.num("client_cpu_us_per_msg", self.per_msg_us(self.cpu.client));
+                match self.cpu.server {
+                    Some(c) => j.num("server_cpu_us_per_msg", self.per_msg_us(c)),
+                    None => j.raw("server_cpu_us_per_msg", "null"),
+                }
+            }
+            Mode::Idle => {
+                j.num("held_s", self.held.as_secs_f64());
+                j.num("lost", s.lost as f64);
+            }
+            Mode::Drain => {
+                j.num("silent", s.silent as f64);
+                j.num("silent_dropped", s.silent_dropped as f64);
+                j.num(
+                    "first_to_last_close_ms",
+                    secs(s.first_close, s.last_close) * 1e3,
+                );
+                j.num(
+                    "first_close_to_last_end_ms",
+                    secs(s.first_close, s.last_end) * 1e3,
+                );
+            }
+        }
+        j.raw("close_codes", &counts_json(&s.close_codes));
+        j.num("clean", s.clean as f64);
+        j.num("reset", s.reset as f64);
+        j.num("eof_before_close", s.eof_before_close as f64);
+        j.num("timed_out", s.timed_out as f64);
+        j.num("protocol_errors", s.protocol_errors as f64);
+        j.finish()
+    }
+}
+
+fn percentiles_text(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "-".into();
+    }
+    let mut t = String::new();
+    for (label, q) in QUANTILES {
+        let _ = write!(
+            t,
+            "{} {:.1}  ",
+            label.replace('_', "."),
+            us(h.value_at_quantile(q))
+        );
+    }
+    let _ = write!(t, "max {:.1}", us(h.max()));
+    t
+}
+
+fn percentiles_json(h: &Histogram<u64>) -> String {
+    let mut j = Json::default();
+    let empty = h.is_empty();
+    for (label, q) in QUANTILES {
+        j.num(
+            label,
+            if empty {
+                0.0
+            } else {
+                us(h.value_at_quantile(q))
+            },
+        );
+    }
+    j.num("max", if empty { 0.0 } else { us(h.max()) });
+    j.num("mean", if empty { 0.0 } else { h.mean() / 1000.0 });
+    j.finish()
+}
+
+fn codes_text(codes: &BTreeMap<u16, u64>) -> String {
+    if codes.is_empty() {
+        return "none".into();
+    }
+    let parts: Vec<String> = codes.iter().map(|(c, n)| format!("{c} × {n}")).collect();
+    parts.join(", ")
+}
+
+fn counts_json(codes: &BTreeMap<u16, u64>) -> String {
+    let mut j = Json::default();
+    for (c, n) in codes {
+        j.num(&c.to_string(), *n as f64);
+    }
+    j.finish()
+}
+
+/// A flat JSON object writer: keys are ours (no escaping needed beyond quotes and backslashes).
+#[derive(Default)]
+struct Json {
+    body: String,
+}
+
+impl Json {
+    fn key(&mut self, k: &str) {
+        if !self.body.is_empty() {
+            self.body.push(',');
+        }
+        let _ = write!(self.body, "\"{}\":", escape(k));
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        let _ = write!(self.body, "\"{}\"", escape(v));
+    }
+
+    fn num(&mut self, k: &str, v: f64) {
+        self.key(k);
+        if v.is_finite() {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                let _ = write!(self.body, "{}", v as i64);
+            } else {
+                let _ = write!(self.body, "{v:.3}");
+            }
+        } else {
+            self.body.push_str("null");
+        }
+    }
+
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.body.push_str(v);
+    }
+
+    fn finish(self) -> String {
+        format!("{{{}}}", self.body)
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_nest_and_escape() {
+        let mut j = Json::default();
+        j.str("a", "x\"y");
+        j.num("n", 3.0);
+        j.num("f", 0.25);
+        j.raw("o", &{
+            let mut k = Json::default();
+            k.num("1001", 2.0);
+            k.finish()
+        });
+        assert_eq!(j.finish(), r#"{"a":"x\"y","n":3,"f":0.250,"o":{"1001":2}}"#);
+    }
+}
