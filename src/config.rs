@@ -600,10 +600,13 @@ pub fn help() -> String {
          --check-config\n      validate the configuration, print it is valid, and exit\n",
     );
     for s in SETTINGS {
-        let metavar = match s.name.rsplit('_').next() {
-            Some("origins") => "LIST".to_string(),
-            Some(last) => last.to_uppercase(),
-            None => "VALUE".to_string(),
+        let metavar = match s.kind {
+            Kind::Count => "N",
+            Kind::Size => "BYTES",
+            Kind::Duration => "DUR",
+            Kind::List => "LIST",
+            Kind::Text if s.name.ends_with("listen") => "ADDR:PORT",
+            Kind::Text => "TEXT",
         };
         text.push_str(&format!(
             "  {} {}\n      {} [default: {}]\n",
