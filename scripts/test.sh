@@ -8,7 +8,12 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
-echo "== unit and integration tests"
+# First, as it installs Debian's systemd when missing: the socket-activation test also uses
+# its systemd-socket-activate.
+echo "== systemd units: systemd-analyze verify and the security rating"
+bash scripts/check-units.sh
+
+echo "== unit and integration tests (release: timing checks measure the server, not a debug build)"
 cargo test --release --all-targets
 
 echo "== Autobahn|Testsuite (cases 1.* to 10.*)"

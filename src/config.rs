@@ -1,10 +1,12 @@
 //! Every setting of wsd: its default, its documentation, how it is parsed and validated.
 //!
-//! One table, [`SETTINGS`], drives the defaults, `--help` and the command line, so they cannot
-//! disagree. Command-line flags are the setting names in kebab case (`--max-connections`).
+//! One table, [`SETTINGS`], drives the defaults, `--help`, the config file and the command line,
+//! so they cannot disagree. Config-file keys are the setting names (`max_connections`);
+//! command-line flags are the same names in kebab case (`--max-connections`) and override the file.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The running configuration. `Config::default()` holds the documented defaults.
@@ -14,6 +16,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Most connections open at once (handshakes included); more are refused with 503.
     pub max_connections: usize,
+    /// Connections the kernel completes and queues before wsd accepts them (`listen(2)`).
+    pub listen_backlog: u32,
     /// Largest message accepted, in bytes, summed over fragments; larger ones close with 1009.
     pub max_message_size: u64,
     /// Largest single frame payload accepted, in bytes; larger ones close with 1009.
@@ -38,14 +42,87 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Origins allowed to connect (empty: any); others are answered with 403.
     pub allowed_origins: Vec<String>,
+    /// Window over which the Close frames of a drain are spread (zero: all at once).
+    pub drain_spread: Duration,
+    /// Address of the Prometheus `/metrics` endpoint; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// One setting: its name, default, one-line doc, and how to set it from text.
+/// One setting: its name, default, one-line doc, value kind, and how to set it from text.
 pub struct Setting {
     pub name: &'static str,
     pub default: &'static str,
     pub doc: &'static str,
+    pub kind: Kind,
     apply: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+/// What kind of value a setting takes; decides the TOML types its file key accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number: a TOML integer (`max_connections = 10000`).
+    Count,
+    /// Bytes: a TOML integer, or a string with a unit (`"16MiB"`).
+    Size,
+    /// A TOML string with a unit (`"250ms"`, `"5s"`).
+    Duration,
+    /// A TOML string (`"127.0.0.1:9001"`, free text).
+    Text,
+    /// A TOML array of strings (`["https://a.example", "https://b.example"]`), or one string
+    /// with the items separated by commas as on the command line.
+    List,
+}
+
+impl Kind {
+    /// The text form of a TOML value for a setting of this kind, or what is wrong with its type.
+    pub fn from_toml(self, value: &toml::Value) -> Result<String, String> {
+        use toml::Value;
+        match (self, value) {
+            (Kind::Count | Kind::Size, Value::Integer(n)) if *n < 0 => {
+                Err(format!("{n} is negative"))
+            }
+            (Kind::Count | Kind::Size, Value::Integer(n)) => Ok(n.to_string()),
+            (Kind::Size | Kind::Duration | Kind::Text | Kind::List, Value::String(s)) => {
+                Ok(s.clone())
+            }
+            (Kind::List, Value::Array(items)) => {
+                let items: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+                match items {
+                    Some(items) if items.iter().all(|i| !i.contains(',')) => Ok(items.join(",")),
+                    Some(_) => Err("an item contains a comma".to_string()),
+                    None => Err("wrong type: expected an array of strings".to_string()),
+                }
+            }
+            (_, other) => Err(format!(
+                "wrong type: expected {}, found {}",
+                self.expected(),
+                toml_type(other)
+            )),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Count => "an integer (like 10000)",
+            Kind::Size => "an integer number of bytes or a string like \"16MiB\"",
+            Kind::Duration => "a string like \"5s\" or \"250ms\"",
+            Kind::Text => "a string",
+            Kind::List => "an array of strings",
+        }
+    }
+}
+
+fn toml_type(value: &toml::Value) -> String {
+    use toml::Value;
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(n) => format!("the integer {n}"),
+        Value::Float(f) => format!("the float {f}"),
+        Value::Boolean(b) => format!("the boolean {b}"),
+        Value::Datetime(d) => format!("the datetime {d}"),
+        Value::Array(_) => "an array".to_string(),
+        Value::Table(_) => "a table".to_string(),
+    }
 }
 
 impl Setting {
@@ -61,6 +138,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "listen",
         default: "127.0.0.1:9001",
         doc: "address and port to accept WebSocket connections on",
+        kind: Kind::Text,
         apply: |c, v| {
             c.listen = v
                 .parse()
@@ -72,8 +150,20 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_connections",
         default: "10000",
         doc: "most connections open at once; more are answered with HTTP 503",
+        kind: Kind::Count,
         apply: |c, v| {
             c.max_connections = parse_count(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "listen_backlog",
+        default: "4096",
+        doc: "connections the kernel queues before wsd accepts them (capped by net.core.somaxconn)",
+        kind: Kind::Count,
+        apply: |c, v| {
+            c.listen_backlog =
+                u32::try_from(parse_count(v)?).map_err(|_| format!("{v:?} is too large"))?;
             Ok(())
         },
     },
@@ -81,6 +171,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_message_size",
         default: "16MiB",
         doc: "largest message accepted (bytes, or with KiB/MiB/GiB); larger ones close with 1009",
+        kind: Kind::Size,
         apply: |c, v| {
             c.max_message_size = parse_size(v)?;
             Ok(())
@@ -90,6 +181,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_frame_size",
         default: "16MiB",
         doc: "largest frame payload accepted; larger frames close with 1009",
+        kind: Kind::Size,
         apply: |c, v| {
             c.max_frame_size = parse_size(v)?;
             Ok(())
@@ -99,6 +191,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_handshake_size",
         default: "8KiB",
         doc: "largest HTTP request head of a handshake; larger ones get HTTP 431",
+        kind: Kind::Size,
         apply: |c, v| {
             c.max_handshake_size =
                 usize::try_from(parse_size(v)?).map_err(|_| format!("{v:?} is too large"))?;
@@ -109,6 +202,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "handshake_timeout",
         default: "5s",
         doc: "time a client has to complete its handshake before it is dropped",
+        kind: Kind::Duration,
         apply: |c, v| {
             c.handshake_timeout = parse_duration(v)?;
             Ok(())
@@ -118,6 +212,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "close_timeout",
         default: "5s",
         doc: "time a client has to answer a Close before the connection is dropped",
+        kind: Kind::Duration,
         apply: |c, v| {
             c.close_timeout = parse_duration(v)?;
             Ok(())
@@ -127,6 +222,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "close_reason",
         default: "server shutting down",
         doc: "reason text of the Close 1001 sent to every client when wsd drains",
+        kind: Kind::Text,
         apply: |c, v| {
             if v.len() > crate::protocol::close::MAX_REASON_LEN {
                 return Err(format!(
@@ -143,6 +239,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "ping_interval",
         default: "30s",
         doc: "idle time after which wsd sends a Ping; 0 disables pings",
+        kind: Kind::Duration,
         apply: |c, v| {
             c.ping_interval = parse_duration(v)?;
             Ok(())
@@ -152,6 +249,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "pong_timeout",
         default: "10s",
         doc: "time a pinged connection has to send anything (a Pong) before it is dropped",
+        kind: Kind::Duration,
         apply: |c, v| {
             c.pong_timeout = parse_duration(v)?;
             Ok(())
@@ -161,6 +259,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_output_buffer",
         default: "1MiB",
         doc: "queued output above which wsd stops reading a connection (resumes below half)",
+        kind: Kind::Size,
         apply: |c, v| {
             c.max_output_buffer =
                 usize::try_from(parse_size(v)?).map_err(|_| format!("{v:?} is too large"))?;
@@ -171,6 +270,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "slow_consumer_timeout",
         default: "30s",
         doc: "time a connection may stay over max_output_buffer before it is closed with 1008",
+        kind: Kind::Duration,
         apply: |c, v| {
             c.slow_consumer_timeout = parse_duration(v)?;
             Ok(())
@@ -180,6 +280,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "max_connections_per_ip",
         default: "0",
         doc: "most connections from one IP address, 0 for no limit; more get HTTP 429",
+        kind: Kind::Count,
         apply: |c, v| {
             c.max_connections_per_ip = parse_count(v)?;
             Ok(())
@@ -189,6 +290,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "allowed_origins",
         default: "",
         doc: "comma-separated Origin values allowed to connect, empty for any; others get 403",
+        kind: Kind::List,
         apply: |c, v| {
             c.allowed_origins = v
                 .split(',')
@@ -199,18 +301,68 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "drain_spread",
+        default: "0s",
+        doc: "window the drain's Close frames are spread over (with jitter); 0s sends them all at once",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.drain_spread = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "metrics_listen",
+        default: "off",
+        doc: "address and port serving Prometheus metrics at GET /metrics, or off",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.metrics_listen = match v.trim() {
+                "off" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    format!("{v:?} is neither off nor an address like 127.0.0.1:9090")
+                })?),
+            };
+            Ok(())
+        },
+    },
 ];
 
-/// A setting that could not be applied; names the setting and says what is wrong.
+/// A setting that could not be applied; names the file (if it came from one), the setting and
+/// says what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The config file the bad value came from; `None` for the command line.
+    pub file: Option<PathBuf>,
+    /// The setting or flag; empty when the problem is the file as a whole.
     pub key: String,
     pub message: String,
 }
 
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(mut self, path: &Path) -> ConfigError {
+        self.file = Some(path.to_path_buf());
+        self
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -221,6 +373,7 @@ impl Default for Config {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             max_connections: 0,
+            listen_backlog: 0,
             max_message_size: 0,
             max_frame_size: 0,
             max_handshake_size: 0,
@@ -233,6 +386,8 @@ impl Default for Config {
             slow_consumer_timeout: Duration::ZERO,
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
+            drain_spread: Duration::ZERO,
+            metrics_listen: None,
         };
         for s in SETTINGS {
             // The defaults are constants of this file; `tests::defaults_parse` proves them.
@@ -248,24 +403,51 @@ impl Config {
         let setting = SETTINGS
             .iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| ConfigError {
-                key: name.to_string(),
-                message: "unknown setting".to_string(),
-            })?;
-        (setting.apply)(self, value).map_err(|message| ConfigError {
-            key: name.to_string(),
-            message,
-        })
+            .ok_or_else(|| ConfigError::new(name, "unknown setting"))?;
+        (setting.apply)(self, value).map_err(|message| ConfigError::new(name, message))
+    }
+
+    /// Applies every key of a TOML config file, through [`Config::set`]; errors name the file.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read: {e}")).in_file(path))?;
+        self.load_toml(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Applies every key of a TOML document; unknown keys and values of the wrong type are errors.
+    pub fn load_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let (line, column) = line_column(text, span.start);
+                    format!("line {line}, column {column}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::new("", format!("{at}invalid TOML: {}", e.message().trim_end()))
+        })?;
+        for (key, value) in &table {
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.name == key)
+                .ok_or_else(|| ConfigError::new(key, "unknown setting"))?;
+            let text = setting
+                .kind
+                .from_toml(value)
+                .map_err(|message| ConfigError::new(key, message))?;
+            self.set(key, &text)?;
+        }
+        Ok(())
     }
 
     /// Checks rules that span settings; called once every source has been applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| ConfigError {
-            key: key.to_string(),
-            message: message.to_string(),
-        };
+        let bad = ConfigError::new;
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1"));
+        }
+        if self.listen_backlog == 0 || self.listen_backlog > i32::MAX as u32 {
+            return Err(bad("listen_backlog", "must be between 1 and 2147483647"));
         }
         if self.max_message_size == 0 {
             return Err(bad("max_message_size", "must be at least 1 byte"));
@@ -294,6 +476,9 @@ impl Config {
         if self.slow_consumer_timeout.is_zero() {
             return Err(bad("slow_consumer_timeout", "must be longer than 0"));
         }
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(bad("metrics_listen", "must differ from listen"));
+        }
         Ok(())
     }
 
@@ -316,75 +501,112 @@ impl Config {
             max_message_size: self.max_message_size,
         }
     }
+
+    /// The longest a drain can take once it starts: the last Close goes out by the end of the
+    /// spread, and its answer is waited for up to `close_timeout`.
+    pub fn drain_bound(&self) -> Duration {
+        self.drain_spread + self.close_timeout
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
     Run(Box<Config>),
+    /// `--check-config`: the configuration is valid; print a word and exit 0.
+    Check(Box<Config>),
     Help,
     Version,
 }
 
-/// Applies command-line arguments (without the program name) over the defaults.
+/// Applies the config file named by `--config` (if any), then the other command-line arguments
+/// (without the program name) over it, starting from the defaults.
+///
+/// Errors about the file carry its path in [`ConfigError::file`]; the binary exits with
+/// `EX_CONFIG` for those and with the usage code for the rest.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
-    let mut config = Config::default();
+    let mut file: Option<PathBuf> = None;
+    let mut check = false;
+    let mut flags: Vec<(String, String, String)> = Vec::new(); // (flag, key, value)
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            "--check-config" => {
+                check = true;
+                continue;
+            }
             _ => {}
         }
         let Some(flag) = arg.strip_prefix("--") else {
-            return Err(ConfigError {
-                key: arg,
-                message: "unexpected argument (see --help)".to_string(),
-            });
+            return Err(ConfigError::new(arg, "unexpected argument (see --help)"));
         };
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (flag, None),
         };
         let key = name.replace('-', "_");
-        if !SETTINGS.iter().any(|s| s.name == key) {
-            return Err(ConfigError {
-                key: format!("--{name}"),
-                message: "unknown option (see --help)".to_string(),
-            });
+        if key != "config" && !SETTINGS.iter().any(|s| s.name == key) {
+            return Err(ConfigError::new(
+                format!("--{name}"),
+                "unknown option (see --help)",
+            ));
         }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => {
-                return Err(ConfigError {
-                    key: format!("--{name}"),
-                    message: "needs a value".to_string(),
-                })
-            }
+        let Some(value) = inline.or_else(|| args.next()) else {
+            return Err(ConfigError::new(format!("--{name}"), "needs a value"));
         };
-        config.set(&key, &value).map_err(|e| ConfigError {
-            key: format!("--{name}"),
-            message: e.message,
-        })?;
+        if key == "config" {
+            file = Some(PathBuf::from(value));
+        } else {
+            flags.push((format!("--{name}"), key, value));
+        }
     }
-    config.validate().map_err(|e| ConfigError {
-        key: format!("--{}", e.key.replace('_', "-")),
-        message: e.message,
-    })?;
-    Ok(Command::Run(Box::new(config)))
+    let mut config = Config::default();
+    if let Some(path) = &file {
+        config.load_file(path)?;
+        config.validate().map_err(|e| e.in_file(path))?;
+    }
+    for (flag, key, value) in flags {
+        config
+            .set(&key, &value)
+            .map_err(|e| ConfigError::new(flag, e.message))?;
+    }
+    config
+        .validate()
+        .map_err(|e| ConfigError::new(format!("--{}", e.key.replace('_', "-")), e.message))?;
+    Ok(if check {
+        Command::Check(Box::new(config))
+    } else {
+        Command::Run(Box::new(config))
+    })
 }
 
 /// The `--help` text, generated from [`SETTINGS`].
 pub fn help() -> String {
     let mut text = String::from(
         "wsd — a WebSocket (RFC 6455) echo server daemon with a graceful drain on SIGTERM\n\n\
-         Usage: wsd [OPTIONS]\n\nOptions:\n",
+         Usage: wsd [--config PATH] [--check-config] [OPTIONS]\n\nOptions:\n  \
+         --config PATH\n      read settings from this TOML file (see config/wsd.toml); \
+         options given here override it\n  \
+         --check-config\n      validate the configuration, print it is valid, and exit\n",
     );
     for s in SETTINGS {
-        let metavar = match s.name.rsplit('_').next() {
-            Some("origins") => "LIST".to_string(),
-            Some(last) => last.to_uppercase(),
-            None => "VALUE".to_string(),
+        let metavar = match s.kind {
+            Kind::Count => "N",
+            Kind::Size => "BYTES",
+            Kind::Duration => "DUR",
+            Kind::List => "LIST",
+            Kind::Text if s.name.ends_with("listen") => "ADDR:PORT",
+            Kind::Text => "TEXT",
         };
         text.push_str(&format!(
             "  {} {}\n      {} [default: {}]\n",
@@ -397,7 +619,11 @@ pub fn help() -> String {
     text.push_str(
         "  -h, --help\n      print this help\n  -V, --version\n      print the version\n\n\
          Sizes are bytes, or a number with KiB, MiB or GiB; durations are like 250ms, 5s, 2m.\n\
-         Logging is set with RUST_LOG (default: info).\n",
+         Logging is set with RUST_LOG (default: info). Under systemd, wsd speaks sd_notify \
+         ($NOTIFY_SOCKET),\naccepts socket activation ($LISTEN_FDS) and logs with journald \
+         priorities ($JOURNAL_STREAM).\n\
+         Exit codes: 0 after a drain, 1 on a failure, 2 for a bad command line, 78 for a bad \
+         config file.\n",
     );
     text
 }
@@ -523,6 +749,104 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("1.5s").is_err());
+    }
+
+    /// The shipped `config/wsd.toml`.
+    const SHIPPED: &str = include_str!("../config/wsd.toml");
+
+    #[test]
+    fn shipped_file_documents_every_default() {
+        let mut c = Config::default();
+        c.load_toml(SHIPPED).unwrap();
+        assert_eq!(c, Config::default());
+        let table: toml::Table = SHIPPED.parse().unwrap();
+        let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        assert_eq!(keys, names, "the file has exactly one key per setting");
+        let lines: Vec<&str> = SHIPPED.lines().collect();
+        for s in SETTINGS {
+            // Each key carries its default as text, right after a comment line.
+            assert_eq!(
+                s.kind.from_toml(&table[s.name]).unwrap(),
+                s.default,
+                "{}",
+                s.name
+            );
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with(&format!("{} = ", s.name)))
+                .unwrap();
+            assert!(lines[at - 1].starts_with("# "), "{} has no comment", s.name);
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_key_and_what_is_wrong() {
+        let load = |text: &str| Config::default().load_toml(text).unwrap_err();
+        let e = load("listen = \"127.0.0.1:9001\"\nmax_connections = \n");
+        assert_eq!(e.key, "");
+        assert!(
+            e.message.starts_with("line 2, column 19: invalid TOML"),
+            "{e}"
+        );
+        let e = load("max_conections = 5\n");
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("max_conections", "unknown setting")
+        );
+        let e = load("close_timeout = 5\n");
+        assert_eq!(e.key, "close_timeout");
+        assert!(
+            e.message.starts_with("wrong type: expected a string"),
+            "{e}"
+        );
+        let e = load("max_connections = \"many\"\n");
+        assert!(e.message.contains("found the string \"many\""), "{e}");
+        let e = load("close_timeout = \"5\"\n");
+        assert!(e.message.contains("needs a unit"), "{e}");
+        let e = load("max_frame_size = -1\n");
+        assert!(e.message.contains("negative"), "{e}");
+        let e = load("[server]\nlisten = \"x\"\n");
+        assert_eq!(e.key, "server");
+        let mut c = Config::default();
+        c.load_toml("max_frame_size = 1024\nmax_message_size = \"1KiB\"\n")
+            .unwrap();
+        assert_eq!((c.max_frame_size, c.max_message_size), (1024, 1024));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("wsd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wsd.toml");
+        std::fs::write(&path, "close_timeout = \"1s\"\nmax_connections = 7\n").unwrap();
+        let p = path.to_str().unwrap();
+        let Command::Run(c) = args(&["--config", p, "--close-timeout", "2s"]).unwrap() else {
+            panic!("expected a run command");
+        };
+        assert_eq!(
+            (c.close_timeout, c.max_connections),
+            (Duration::from_secs(2), 7)
+        );
+        assert!(matches!(
+            args(&["--check-config", &format!("--config={p}")]),
+            Ok(Command::Check(_))
+        ));
+        std::fs::write(&path, "max_connections = 0\n").unwrap();
+        let e = args(&["--config", p]).unwrap_err();
+        assert_eq!(e.file.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            e.to_string(),
+            format!("{p}: max_connections: must be at least 1")
+        );
+        let e = args(&["--config", &format!("{p}.missing")]).unwrap_err();
+        assert!(
+            e.file.is_some() && e.message.starts_with("cannot read"),
+            "{e}"
+        );
+        assert_eq!(args(&["--config"]).unwrap_err().file, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

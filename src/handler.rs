@@ -32,6 +32,7 @@ pub struct Reply<'a> {
     out: &'a mut Vec<u8>,
     open: bool,
     close: Option<(CloseCode, &'static str)>,
+    sent: u64,
 }
 
 impl<'a> Reply<'a> {
@@ -40,6 +41,7 @@ impl<'a> Reply<'a> {
             out,
             open,
             close: None,
+            sent: 0,
         }
     }
 
@@ -54,6 +56,7 @@ impl<'a> Reply<'a> {
             OpCode::Binary
         };
         write_frame(self.out, true, opcode, message.as_bytes(), None);
+        self.sent += 1;
         true
     }
 
@@ -63,6 +66,11 @@ impl<'a> Reply<'a> {
             self.open = false;
             self.close = Some((code, reason));
         }
+    }
+
+    /// Messages queued through this reply.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
     }
 
     pub(crate) fn close_request(&self) -> Option<(CloseCode, &'static str)> {

@@ -11,6 +11,20 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
+/// For tests with thousands of connections: per-connection debug lines through the test's
+/// stderr pipe would slow the server down to the pace this process reads them.
+const QUIET: &[(&str, &str)] = &[("RUST_LOG", "info")];
+
+/// The timing tests with thousands of connections run one at a time: side by side on two cores
+/// each would measure the other's load.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn echo_ok(ws: &mut common::Client, text: &str) {
     ws.send(Message::text(text)).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text(text));
@@ -213,8 +227,9 @@ fn eof_times(poll: &mut Poll, socks: &mut [(MioStream, Instant)]) -> Vec<Instant
 
 #[test]
 fn a_thousand_slow_handshakes_time_out_while_others_are_served() {
+    let _one_at_a_time = heavy();
     let timeout = Duration::from_millis(1500);
-    let wsd = Wsd::start(&["--handshake-timeout", "1500ms"]);
+    let wsd = Wsd::start_with(&["--handshake-timeout", "1500ms"], QUIET);
     let mut poll = Poll::new().unwrap();
     let mut slow = many(wsd.addr, 1000, &poll);
     for (s, _) in slow.iter_mut() {
@@ -290,17 +305,21 @@ fn recv_stamped(s: &MioStream, buf: &mut [u8]) -> std::io::Result<(usize, Option
 
 #[test]
 fn ten_thousand_ping_timers_fire_within_ten_percent() {
+    let _one_at_a_time = heavy();
     let interval = Duration::from_millis(2000);
-    let wsd = Wsd::start(&[
-        "--ping-interval",
-        "2s",
-        "--pong-timeout",
-        "2s",
-        "--max-connections",
-        "10010",
-        "--handshake-timeout",
-        "60s",
-    ]);
+    let wsd = Wsd::start_with(
+        &[
+            "--ping-interval",
+            "2s",
+            "--pong-timeout",
+            "2s",
+            "--max-connections",
+            "10010",
+            "--handshake-timeout",
+            "60s",
+        ],
+        QUIET,
+    );
     let mut poll = Poll::new().unwrap();
     let n = 10_000;
     let mut socks = many(wsd.addr, n, &poll);
@@ -425,4 +444,25 @@ fn a_client_that_never_reads_cannot_grow_the_server() {
         }
     }
     assert_eq!(code, Some(1008));
+}
+
+#[test]
+fn a_burst_of_connections_while_the_loop_is_busy_is_queued_not_dropped() {
+    let _one_at_a_time = heavy();
+    let wsd = Wsd::start_with(&[], QUIET);
+    // The loop is stopped: every connection of the burst must wait in the kernel's queue.
+    wsd.signal(libc::SIGSTOP);
+    let burst: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            TcpStream::connect_timeout(&wsd.addr, Duration::from_millis(500))
+                .unwrap_or_else(|e| panic!("connection {i} not queued: {e}"))
+        })
+        .collect();
+    wsd.signal(libc::SIGCONT);
+    for mut s in burst {
+        s.set_read_timeout(Some(common::WAIT)).unwrap();
+        s.write_all(&common::upgrade_request("/")).unwrap();
+        let head = common::read_http_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    }
 }

@@ -12,6 +12,7 @@ use crate::protocol::handshake::{self, Reject};
 use crate::protocol::session::Input;
 use crate::protocol::{CloseCode, Event, Role, Session};
 
+use super::metrics::{Side, Stats};
 use super::ConnId;
 
 /// Where a connection is in its life; the WebSocket close states live in its [`Session`].
@@ -111,6 +112,7 @@ pub struct Context<'a> {
     /// Milliseconds since the loop started, for the idle clock.
     pub now_ms: u32,
     pub scratch: &'a mut Scratch,
+    pub stats: &'a mut Stats,
 }
 
 pub struct Conn {
@@ -213,6 +215,7 @@ impl Conn {
                     return ReadStop::Drained;
                 }
             };
+            cx.stats.received_bytes += n as u64;
             self.last_read_ms = cx.now_ms;
             self.consume_read(n, cx, handler);
             self.flush_cork(cx);
@@ -293,6 +296,9 @@ impl Conn {
                 Ok(step) => step,
                 Err(e) => {
                     log::debug!("{}: protocol error: {e}", cx.id);
+                    if open {
+                        cx.stats.closed(Side::Server, e.close_code().0);
+                    }
                     self.failed = true;
                     return (data.len(), None);
                 }
@@ -307,13 +313,23 @@ impl Conn {
             pos += consumed;
             match event {
                 Some(Event::Message(message)) => {
+                    cx.stats.messages_received += 1;
                     let mut reply = Reply::new(out, open);
                     handler.on_message(cx.id, message, &mut reply);
+                    cx.stats.messages_sent += reply.sent();
                     if let Some((code, reason)) = reply.close_request() {
-                        self.session.close(code, reason, out);
+                        if self.session.close(code, reason, out) {
+                            cx.stats.closed(Side::Server, code.0);
+                        }
                     }
                 }
-                Some(Event::Close(frame)) => self.peer_code = frame.code,
+                Some(Event::Close(frame)) => {
+                    if open {
+                        cx.stats
+                            .closed(Side::Client, frame.code.map_or(1005, |c| c.0));
+                    }
+                    self.peer_code = frame.code;
+                }
                 Some(Event::Ping(_) | Event::Pong(_)) | None => {}
             }
         }
@@ -343,14 +359,15 @@ impl Conn {
                 Some(req.head_len)
             }
             Err(reject) => {
-                self.reject(reject, out, cx.id);
+                self.reject(reject, out, cx.id, cx.stats);
                 Some(data.len())
             }
         }
     }
 
     /// Answers the handshake with an HTTP error and closes.
-    pub fn reject(&mut self, reject: Reject, out: &mut Vec<u8>, id: ConnId) {
+    pub fn reject(&mut self, reject: Reject, out: &mut Vec<u8>, id: ConnId, stats: &mut Stats) {
+        stats.rejected(reject.status());
         log::debug!(
             "{id}: handshake rejected: {} {}",
             reject.status(),
@@ -370,6 +387,7 @@ impl Conn {
             self.out.extend_from_slice(cork);
         } else {
             let written = write_some(&mut self.sock, cork, &mut self.gone);
+            cx.stats.sent_bytes += written as u64;
             if written < cork.len() {
                 self.out = cx.scratch.pool.take();
                 self.out_pos = 0;
@@ -379,16 +397,19 @@ impl Conn {
         cork.clear();
     }
 
-    /// Writes pending output; gives the buffer back once it is all out.
-    pub fn flush(&mut self, pool: &mut BufPool) {
+    /// Writes pending output; gives the buffer back once it is all out. Returns the bytes
+    /// written.
+    pub fn flush(&mut self, pool: &mut BufPool) -> usize {
         if !self.has_output() {
-            return;
+            return 0;
         }
-        self.out_pos += write_some(&mut self.sock, &self.out[self.out_pos..], &mut self.gone);
+        let written = write_some(&mut self.sock, &self.out[self.out_pos..], &mut self.gone);
+        self.out_pos += written;
         if self.out_pos == self.out.len() {
             pool.give(std::mem::take(&mut self.out));
             self.out_pos = 0;
         }
+        written
     }
 
     /// Gives every buffer back (the connection is going away).

@@ -1,7 +1,15 @@
 //! The event loop: one thread, one `mio::Poll`, the listener and the signals on reserved tokens,
 //! connections in a slab, their deadlines in a timing wheel; the drain on SIGTERM/SIGINT.
+//!
+//! Running under systemd adds small hooks, each in its own module: `activation` (inherited
+//! listeners), `notify` (sd_notify), `metrics` (counters and `/metrics`), `drain` (the paced
+//! drain).
 
+mod activation;
 mod conn;
+mod drain;
+mod metrics;
+mod notify;
 mod timers;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +31,9 @@ use crate::protocol::handshake::Reject;
 use crate::protocol::CloseCode;
 
 use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
+use drain::Pacer;
+use metrics::{Metrics, Side, Stats};
+use notify::Notifier;
 use timers::Wheel;
 
 /// The listening socket's token.
@@ -92,23 +103,47 @@ impl fmt::Display for DrainReport {
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds `config.listen`.
+    /// Binds `config.listen` (and `config.metrics_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.listen).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        Ok(Server { config, listener })
-    }
-
-    /// Serves an already bound listening socket (socket activation, tests).
-    pub fn from_listener(config: Config, listener: std::net::TcpListener) -> io::Result<Server> {
-        listener.set_nonblocking(true)?;
+        let listener = bind(config.listen, config.listen_backlog)?;
+        let metrics = bind_metrics(&config)?;
         Ok(Server {
             config,
-            listener: TcpListener::from_std(listener),
+            listener,
+            metrics,
+        })
+    }
+
+    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`.
+    pub fn from_listener(config: Config, listener: std::net::TcpListener) -> io::Result<Server> {
+        let metrics = bind_metrics(&config)?;
+        Ok(Server {
+            config,
+            listener: nonblocking(listener)?,
+            metrics,
+        })
+    }
+
+    /// Serves the listening sockets systemd passed in (socket activation), binding the
+    /// addresses of `config` for those it did not pass.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let inherited = activation::take()?;
+        let metrics = match inherited.metrics {
+            Some(l) => Some(nonblocking(l)?),
+            None => bind_metrics(&config)?,
+        };
+        let listener = match inherited.websocket {
+            Some(l) => nonblocking(l)?,
+            None => bind(config.listen, config.listen_backlog)?,
+        };
+        Ok(Server {
+            config,
+            listener,
+            metrics,
         })
     }
 
@@ -118,9 +153,45 @@ impl Server {
 
     /// Runs the loop until a signal's drain completes.
     pub fn run<H: Handler>(self, handler: H) -> io::Result<Exit> {
-        let mut event_loop = EventLoop::new(self.config, self.listener, handler)?;
+        let mut event_loop = EventLoop::new(self.config, self.listener, self.metrics, handler)?;
         event_loop.run()
     }
+}
+
+/// Backlog of the metrics listener: scrapes come one at a time.
+const METRICS_BACKLOG: u32 = 16;
+
+fn bind_metrics(config: &Config) -> io::Result<Option<TcpListener>> {
+    config
+        .metrics_listen
+        .map(|addr| bind(addr, METRICS_BACKLOG))
+        .transpose()
+}
+
+/// Binds a listening socket with our own backlog: `mio`'s `bind` uses std's 128, and a burst of
+/// reconnecting clients (after a restart) overflows that, each dropped SYN costing its client a
+/// retransmission of a second or more.
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let listen = || -> io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    listen()
+        .map(TcpListener::from_std)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+fn nonblocking(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener))
 }
 
 struct Drain {
@@ -146,10 +217,19 @@ struct EventLoop<H> {
     drain: Option<Drain>,
     started: Instant,
     now: Instant,
+    stats: Stats,
+    metrics: Metrics,
+    notify: Notifier,
+    pacer: Pacer,
 }
 
 impl<H: Handler> EventLoop<H> {
-    fn new(config: Config, mut listener: TcpListener, handler: H) -> io::Result<Self> {
+    fn new(
+        config: Config,
+        mut listener: TcpListener,
+        metrics: Option<TcpListener>,
+        handler: H,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -161,6 +241,7 @@ impl<H: Handler> EventLoop<H> {
             listener.local_addr()?,
             config.max_connections
         );
+        let metrics = Metrics::new(metrics, poll.registry())?;
         let now = Instant::now();
         Ok(EventLoop {
             // Address space for every connection up front; pages are touched only as used.
@@ -182,14 +263,19 @@ impl<H: Handler> EventLoop<H> {
             drain: None,
             started: now,
             now,
+            stats: Stats::default(),
+            metrics,
+            notify: Notifier::from_env(),
+            pacer: Pacer::default(),
         })
     }
 
     fn run(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        self.notify.ready(Instant::now(), self.counted);
         loop {
             let timeout = if self.read_queue.is_empty() {
-                self.wheel.timeout(Instant::now())
+                self.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
             };
@@ -212,6 +298,7 @@ impl<H: Handler> EventLoop<H> {
                             return Ok(Exit::Aborted);
                         }
                     }
+                    token if metrics::owns(token) => self.serve_metrics(token),
                     token => {
                         let to_eof = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || to_eof;
@@ -221,6 +308,8 @@ impl<H: Handler> EventLoop<H> {
             }
             self.continue_reads();
             self.expire_timers();
+            self.send_paced_closes();
+            self.metrics.expire(self.now, self.poll.registry());
             if let Some(drain) = &mut self.drain {
                 if self.conns.is_empty() {
                     drain.report.duration = drain.started.elapsed();
@@ -228,6 +317,23 @@ impl<H: Handler> EventLoop<H> {
                     return Ok(Exit::Drained(drain.report));
                 }
             }
+            self.notify_tick();
+        }
+    }
+
+    /// How long `poll` may sleep: until the earliest connection deadline, drain slot, scrape
+    /// deadline or notification due.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        let hooks = [
+            self.pacer.next(),
+            self.metrics.next_deadline(),
+            self.notify.next_wakeup(),
+        ];
+        let hook = hooks.into_iter().flatten().min();
+        let hook = hook.map(|at| at.saturating_duration_since(now));
+        match (self.wheel.timeout(now), hook) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -283,12 +389,20 @@ impl<H: Handler> EventLoop<H> {
             return;
         }
         let mut conn = Conn::new(sock, &self.config, now_ms);
+        self.stats.accepted += 1;
         if let Some(reject) = refusal {
             log::debug!("{peer}: refused: {}", reject.detail());
             conn.counted = false;
-            let mut cx = context(&self.config, id, false, now_ms, &mut self.scratch);
+            let mut cx = context(
+                &self.config,
+                id,
+                false,
+                now_ms,
+                &mut self.scratch,
+                &mut self.stats,
+            );
             let mut out = std::mem::take(&mut cx.scratch.cork);
-            conn.reject(reject, &mut out, id);
+            conn.reject(reject, &mut out, id, cx.stats);
             cx.scratch.cork = out;
             conn.flush_cork(&mut cx);
         } else {
@@ -327,46 +441,70 @@ impl<H: Handler> EventLoop<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        let spread = self.config.drain_spread;
         log::info!(
-            "draining {} connections (close timeout {:?})",
+            "draining {} connections (close timeout {:?}, spread {:?})",
             self.conns.len(),
-            self.config.close_timeout
+            self.config.close_timeout,
+            spread
         );
         self.drain = Some(Drain {
             started: self.now,
             report: DrainReport::default(),
         });
-        let now_ms = self.now_ms();
+        let until = self.now + self.config.drain_bound();
+        self.notify.stopping(self.now, self.conns.len(), until);
         let ids: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let mut paced = Vec::new();
         for key in ids {
-            let id = ConnId(key);
-            let Some(conn) = self.conns.get_mut(key) else {
+            if !spread.is_zero() && self.conns[key].phase == Phase::Open {
+                paced.push(key); // Its Close goes out at its slot: `send_paced_closes`.
                 continue;
-            };
-            let mut cx = context(&self.config, id, true, now_ms, &mut self.scratch);
-            // Messages that already arrived are handled, and their answers queued, before the
-            // Close: nothing a client sent before the drain is lost.
-            conn.read_ready(&mut cx, &mut self.handler, false, usize::MAX);
-            match conn.phase {
-                Phase::Handshake => {
-                    let mut out = std::mem::take(&mut cx.scratch.cork);
-                    conn.reject(Reject::Unavailable, &mut out, id);
-                    cx.scratch.cork = out;
-                    conn.flush_cork(&mut cx);
-                    if let Some(drain) = &mut self.drain {
-                        drain.report.refused += 1;
-                    }
-                }
-                Phase::Open => {
-                    let reason = cx.config.close_reason.as_str();
-                    conn.emit(&mut cx, |session, out| {
-                        session.close(CloseCode::GOING_AWAY, reason, out);
-                    });
-                }
-                Phase::Closing { .. } => {}
             }
-            self.settle(id);
+            self.drain_one(ConnId(key));
         }
+        self.pacer.schedule(paced, self.now, spread);
+    }
+
+    /// Handles what already arrived on a connection, then sends its Close (or 503).
+    fn drain_one(&mut self, id: ConnId) {
+        let now_ms = self.now_ms();
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        let mut cx = context(
+            &self.config,
+            id,
+            true,
+            now_ms,
+            &mut self.scratch,
+            &mut self.stats,
+        );
+        // Messages that already arrived are handled, and their answers queued, before the
+        // Close: nothing a client sent before the drain is lost.
+        conn.read_ready(&mut cx, &mut self.handler, false, usize::MAX);
+        match conn.phase {
+            Phase::Handshake => {
+                let mut out = std::mem::take(&mut cx.scratch.cork);
+                conn.reject(Reject::Unavailable, &mut out, id, cx.stats);
+                cx.scratch.cork = out;
+                conn.flush_cork(&mut cx);
+                if let Some(drain) = &mut self.drain {
+                    drain.report.refused += 1;
+                }
+            }
+            Phase::Open => {
+                if conn.session.close_state() == CloseState::Open {
+                    cx.stats.closed(Side::Server, CloseCode::GOING_AWAY.0);
+                }
+                let reason = cx.config.close_reason.as_str();
+                conn.emit(&mut cx, |session, out| {
+                    session.close(CloseCode::GOING_AWAY, reason, out);
+                });
+            }
+            Phase::Closing { .. } => {}
+        }
+        self.settle(id);
     }
 
     /// Handles readiness on one connection.
@@ -381,10 +519,11 @@ impl<H: Handler> EventLoop<H> {
             self.drain.is_some(),
             now_ms,
             &mut self.scratch,
+            &mut self.stats,
         );
         let mut readable = readable;
         if writable {
-            conn.flush(&mut cx.scratch.pool);
+            cx.stats.sent_bytes += conn.flush(&mut cx.scratch.pool) as u64;
             if conn.paused && conn.queued() <= cx.config.max_output_buffer / 2 {
                 // Below the low-water mark: read again. Input that waited while paused raised
                 // no new edge, so read now rather than wait for one.
@@ -423,7 +562,7 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        conn.flush(&mut self.scratch.pool);
+        self.stats.sent_bytes += conn.flush(&mut self.scratch.pool) as u64;
         if conn.failed && conn.phase == Phase::Open {
             conn.phase = Phase::Closing { shut_down: false };
         }
@@ -498,11 +637,13 @@ impl<H: Handler> EventLoop<H> {
             self.drain.is_some(),
             now_ms,
             &mut self.scratch,
+            &mut self.stats,
         );
         match conn.timer {
             Timer::None => {}
             Timer::Handshake => {
                 log::debug!("{id}: handshake timed out");
+                self.stats.handshake_timeouts += 1;
                 return self.remove(id, Ending::TimedOut);
             }
             Timer::Ping | Timer::Pong if heard => {
@@ -526,6 +667,8 @@ impl<H: Handler> EventLoop<H> {
             }
             Timer::SlowConsumer => {
                 log::debug!("{id}: slow consumer, {} bytes queued", conn.queued());
+                cx.stats.slow_consumer_closes += 1;
+                cx.stats.closed(Side::Server, CloseCode::POLICY.0);
                 conn.emit(&mut cx, |session, out| {
                     session.close(CloseCode::POLICY, "slow consumer", out);
                 });
@@ -533,6 +676,9 @@ impl<H: Handler> EventLoop<H> {
             }
             Timer::Close => {
                 log::debug!("{id}: close timed out");
+                if conn.session.close_state() != CloseState::Open {
+                    self.stats.close_timeouts += 1; // A WebSocket close handshake, not an HTTP refusal.
+                }
                 let ending = if conn.failed {
                     Ending::Errored
                 } else {
@@ -563,6 +709,15 @@ impl<H: Handler> EventLoop<H> {
         log::debug!("{id}: closed ({ending:?})");
         if conn.phase != Phase::Handshake && conn.counted {
             self.handler.on_close(id, conn.peer_code);
+            if conn.session.close_state() == CloseState::Open {
+                // No Close either way: 1006 is the code reserved for reporting exactly this.
+                let side = if conn.gone {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                self.stats.closed(side, 1006);
+            }
         }
         if let Some(drain) = &mut self.drain {
             match ending {
@@ -583,6 +738,7 @@ fn context<'a>(
     draining: bool,
     now_ms: u32,
     scratch: &'a mut Scratch,
+    stats: &'a mut Stats,
 ) -> Context<'a> {
     Context {
         id,
@@ -590,5 +746,6 @@ fn context<'a>(
         draining,
         now_ms,
         scratch,
+        stats,
     }
 }

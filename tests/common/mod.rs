@@ -251,6 +251,221 @@ pub fn sees_eof(s: &mut TcpStream) -> bool {
     }
 }
 
+// ---- Running wsd as systemd does: notify socket, inherited sockets, metrics. ----
+
+/// The `wsd` command with the harness's settings (debug logs on a piped stderr) and `args`, but
+/// no `--listen`: for tests that need more control than [`Wsd::start`].
+pub fn wsd_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsd"));
+    cmd.args(args)
+        .env("RUST_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `wsd ARGS…` started as systemd's socket activation does: each listener is passed as fd 3,
+/// 4, … with its name in `LISTEN_FDNAMES`, and `LISTEN_PID` is the pid of wsd itself (a shell
+/// exports its own pid and execs wsd, keeping it; the child only dup2s between fork and exec).
+pub fn activated_command(listeners: &[(&std::net::TcpListener, &str)], args: &[&str]) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let names: Vec<&str> = listeners.iter().map(|(_, n)| *n).collect();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_wsd"))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env("LISTEN_FDS", listeners.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let fds: Vec<i32> = listeners.iter().map(|(l, _)| l.as_raw_fd()).collect();
+    // Descriptors are first moved out of the way of 3.., so a listener already at 3 or 4 is not
+    // overwritten before it is passed on.
+    const PARK: i32 = 100;
+    // SAFETY: only dup2(2) and close(2), which are async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, PARK + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                // dup2 clears FD_CLOEXEC on the new descriptor: it survives both execs.
+                if libc::dup2(PARK + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(PARK + i);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+impl Wsd {
+    /// Spawns `cmd` (see [`wsd_command`]; stderr must be piped) and waits until it listens.
+    pub fn spawn(cmd: Command) -> Wsd {
+        let mut wsd = Wsd::spawn_until(cmd, "listening on ");
+        let line = wsd.wait_for_log("listening on ").unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in log line");
+        wsd.addr = addr.parse().expect("socket address");
+        wsd
+    }
+
+    /// Spawns `cmd` and waits for a stderr line containing `needle` (its `addr` is unset).
+    pub fn spawn_until(mut cmd: Command, needle: &str) -> Wsd {
+        let mut child = cmd.spawn().expect("spawn wsd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lines, cv) = &*sink;
+                lines.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let wsd = Wsd {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        if wsd.wait_for_log(needle).is_none() {
+            panic!("no {needle:?} from {cmd:?}: {:?}", wsd.logs());
+        }
+        wsd
+    }
+
+    /// The address of the `/metrics` endpoint, from the log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self
+            .wait_for_log("metrics on http://")
+            .unwrap_or_else(|| panic!("no metrics endpoint: {:?}", self.logs()));
+        line.split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .expect("metrics address in log line")
+    }
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+pub struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    /// The value for `$NOTIFY_SOCKET`.
+    pub name: String,
+    path: Option<std::path::PathBuf>,
+}
+
+impl NotifySocket {
+    /// Binds an abstract socket (`@name`).
+    pub fn abstract_name(tag: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("wsd-test-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind notify socket");
+        NotifySocket {
+            sock,
+            name: format!("@{name}"),
+            path: None,
+        }
+    }
+
+    /// Binds a socket at a path in the temporary directory.
+    pub fn path(tag: &str) -> NotifySocket {
+        let path = std::env::temp_dir().join(format!("wsd-test-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        NotifySocket {
+            sock,
+            name: path.to_str().unwrap().to_string(),
+            path: Some(path),
+        }
+    }
+
+    /// The next datagram, or None after [`WAIT`].
+    pub fn recv(&self) -> Option<String> {
+        self.recv_within(WAIT)
+    }
+
+    pub fn recv_within(&self, wait: Duration) -> Option<String> {
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Receives datagrams until one satisfies `done`; returns them all (panics after [`WAIT`]).
+    pub fn recv_until(&self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let m = self
+                .recv()
+                .unwrap_or_else(|| panic!("no notification in time; got {got:?}"));
+            let stop = done(&m);
+            got.push(m);
+            if stop {
+                return got;
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.1; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: wsd\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
+}
+
+/// A Prometheus scrape as `name{labels}` → value (no HELP/TYPE lines).
+pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name and value");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
 /// Resident memory of a process in bytes, from /proc.
 pub fn rss_bytes(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
