@@ -124,9 +124,9 @@ fn a_thousand_silent_connections_are_dropped_at_the_handshake_timeout() {
     let wsd = Wsd::start(&["--handshake-timeout", "3s"]);
     let mut witness = connect(&wsd);
     let opened = Instant::now();
-    // In batches that wsd's listen backlog (128) holds, each batch accepted before the next
-    // (its log says so): past the backlog the kernel would drop SYNs and the client retry 1 s
-    // later, which is a test of the kernel, not of wsd.
+    // In batches, each accepted before the next (its log says so): a burst past the listen
+    // backlog would have the kernel drop SYNs and the client retry 1 s later, which tests the
+    // kernel, not wsd.
     let mut silent: Vec<TcpStream> = Vec::with_capacity(1000);
     for batch in 1..=10 {
         silent.extend((0..100).map(|_| raw_connect(&wsd)));
