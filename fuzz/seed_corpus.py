@@ -55,6 +55,12 @@ requests = [
     GOOD[:100],
     b"\x16\x03\x01garbage\r\n\r\n",
 ]
+# The same target checks server responses with the client's check_response (wsd-load).
+requests += [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+]
 for r in requests:
     save("handshake", b"\x7c" + r)
 save("handshake", b"\x00" + GOOD)

@@ -1,9 +1,13 @@
-//! Handshake request parsing: never panics, honours the head limit, and a strict prefix of an
-//! accepted head is only ever "need more".
+//! Handshake parsing: the server's request parser never panics, honours the head limit, and a
+//! strict prefix of an accepted head is only ever "need more"; the client's response check (used
+//! by wsd-load) never panics and accepts what `write_accept` writes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsd::protocol::handshake::{accept_key, parse_request, write_accept};
+use wsd::protocol::handshake::{accept_key, check_response, parse_request, write_accept};
+
+/// The §1.3 sample key: the one the seeds' 101 responses answer.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fuzz_target!(|data: &[u8]| {
     let Some((&limit, request)) = data.split_first() else {
@@ -11,6 +15,11 @@ fuzz_target!(|data: &[u8]| {
     };
     // 256 B (the smallest the config allows) up to 8 KiB (the default) and beyond.
     let max_head = 256 + usize::from(limit) * 64;
+    // The same bytes as a server's response, checked by a client.
+    if let Ok(Some(n)) = check_response(request, KEY) {
+        assert!(n <= request.len());
+        assert_eq!(check_response(&request[..n], KEY), Ok(Some(n)));
+    }
     match parse_request(request, max_head) {
         Ok(None) => assert!(request.len() < max_head, "a partial head at the limit"),
         Ok(Some(req)) => {
@@ -20,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             let mut out = Vec::new();
             write_accept(req.key, &mut out);
             assert!(out.starts_with(b"HTTP/1.1 101 "));
+            assert_eq!(check_response(&out, req.key), Ok(Some(out.len())));
             assert!(accept_key(req.key).iter().all(u8::is_ascii_graphic));
             // Parsing the head alone gives the same request: frames after it do not matter.
             let again = parse_request(&request[..req.head_len], max_head);
