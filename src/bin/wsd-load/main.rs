@@ -27,6 +27,8 @@ use worker::{Shared, Worker};
 const EXIT_FAILED: u8 = 1;
 /// Exit status for an unusable command line.
 const EXIT_USAGE: u8 = 2;
+/// Descriptors wsd-load needs besides its connections (stdio, epoll, signal pipe, …).
+const FD_RESERVE: u64 = 32;
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Longest the main thread sleeps between looks at the workers (they also wake it).
@@ -44,6 +46,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let fd_limit = sys::raise_fd_limit();
+    if fd_limit > 0 && (opts.connections as u64) + FD_RESERVE > fd_limit {
+        eprintln!(
+            "wsd-load: warning: {} connections need more than the open-file limit of {fd_limit}",
+            opts.connections
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
