@@ -26,6 +26,18 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Reason text of the Close 1001 sent to every client on shutdown.
     pub close_reason: String,
+    /// Idle time after which wsd sends a Ping (zero: never).
+    pub ping_interval: Duration,
+    /// Time a pinged connection has to send anything before it is dropped.
+    pub pong_timeout: Duration,
+    /// Queued output above which wsd stops reading a connection; it resumes below half of it.
+    pub max_output_buffer: usize,
+    /// Time a connection may stay over `max_output_buffer` before it is closed with 1008.
+    pub slow_consumer_timeout: Duration,
+    /// Most connections from one IP address (zero: no limit); more are answered with 429.
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to connect (empty: any); others are answered with 403.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One setting: its name, default, one-line doc, and how to set it from text.
@@ -127,6 +139,66 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "ping_interval",
+        default: "30s",
+        doc: "idle time after which wsd sends a Ping; 0 disables pings",
+        apply: |c, v| {
+            c.ping_interval = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "pong_timeout",
+        default: "10s",
+        doc: "time a pinged connection has to send anything (a Pong) before it is dropped",
+        apply: |c, v| {
+            c.pong_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "max_output_buffer",
+        default: "1MiB",
+        doc: "queued output above which wsd stops reading a connection (resumes below half)",
+        apply: |c, v| {
+            c.max_output_buffer =
+                usize::try_from(parse_size(v)?).map_err(|_| format!("{v:?} is too large"))?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "slow_consumer_timeout",
+        default: "30s",
+        doc: "time a connection may stay over max_output_buffer before it is closed with 1008",
+        apply: |c, v| {
+            c.slow_consumer_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "max_connections_per_ip",
+        default: "0",
+        doc: "most connections from one IP address, 0 for no limit; more get HTTP 429",
+        apply: |c, v| {
+            c.max_connections_per_ip = parse_count(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "allowed_origins",
+        default: "",
+        doc: "comma-separated Origin values allowed to connect, empty for any; others get 403",
+        apply: |c, v| {
+            c.allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+            Ok(())
+        },
+    },
 ];
 
 /// A setting that could not be applied; names the setting and says what is wrong.
@@ -155,6 +227,12 @@ impl Default for Config {
             handshake_timeout: Duration::ZERO,
             close_timeout: Duration::ZERO,
             close_reason: String::new(),
+            ping_interval: Duration::ZERO,
+            pong_timeout: Duration::ZERO,
+            max_output_buffer: 0,
+            slow_consumer_timeout: Duration::ZERO,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
         };
         for s in SETTINGS {
             // The defaults are constants of this file; `tests::defaults_parse` proves them.
@@ -204,7 +282,31 @@ impl Config {
         if self.close_timeout.is_zero() {
             return Err(bad("close_timeout", "must be longer than 0"));
         }
+        if !self.ping_interval.is_zero() && self.pong_timeout.is_zero() {
+            return Err(bad(
+                "pong_timeout",
+                "must be longer than 0 when pings are on",
+            ));
+        }
+        if self.max_output_buffer < 1024 {
+            return Err(bad("max_output_buffer", "must be at least 1KiB"));
+        }
+        if self.slow_consumer_timeout.is_zero() {
+            return Err(bad("slow_consumer_timeout", "must be longer than 0"));
+        }
         Ok(())
+    }
+
+    /// Whether a handshake's `Origin` may connect (a request without one is not a browser's
+    /// cross-site request, so it is allowed).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            Some(o) if !self.allowed_origins.is_empty() => self
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o)),
+            _ => true,
+        }
     }
 
     /// The limits the protocol layer enforces.
@@ -219,7 +321,7 @@ impl Config {
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -269,7 +371,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         key: format!("--{}", e.key.replace('_', "-")),
         message: e.message,
     })?;
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 /// The `--help` text, generated from [`SETTINGS`].
@@ -279,7 +381,11 @@ pub fn help() -> String {
          Usage: wsd [OPTIONS]\n\nOptions:\n",
     );
     for s in SETTINGS {
-        let metavar = s.name.rsplit('_').next().unwrap_or("VALUE").to_uppercase();
+        let metavar = match s.name.rsplit('_').next() {
+            Some("origins") => "LIST".to_string(),
+            Some(last) => last.to_uppercase(),
+            None => "VALUE".to_string(),
+        };
         text.push_str(&format!(
             "  {} {}\n      {} [default: {}]\n",
             s.flag(),

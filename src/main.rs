@@ -12,7 +12,7 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
             return ExitCode::SUCCESS;

@@ -36,6 +36,8 @@ pub enum Reject {
     Unavailable,
     /// The `Origin` is not allowed (403).
     Forbidden,
+    /// Too many connections from the client's address (429).
+    TooManyFromAddress,
 }
 
 impl Reject {
@@ -45,6 +47,7 @@ impl Reject {
             Reject::Forbidden => 403,
             Reject::MethodNotAllowed => 405,
             Reject::UnsupportedVersion => 426,
+            Reject::TooManyFromAddress => 429,
             Reject::HeadTooLarge => 431,
             Reject::Unavailable => 503,
         }
@@ -56,6 +59,7 @@ impl Reject {
             Reject::Forbidden => "Forbidden",
             Reject::MethodNotAllowed => "Method Not Allowed",
             Reject::UnsupportedVersion => "Upgrade Required",
+            Reject::TooManyFromAddress => "Too Many Requests",
             Reject::HeadTooLarge => "Request Header Fields Too Large",
             Reject::Unavailable => "Service Unavailable",
         }
@@ -68,6 +72,7 @@ impl Reject {
             Reject::Forbidden => "origin not allowed",
             Reject::MethodNotAllowed => "a WebSocket handshake must be a GET",
             Reject::UnsupportedVersion => "only WebSocket version 13 is supported",
+            Reject::TooManyFromAddress => "too many connections from this address",
             Reject::HeadTooLarge => "request head too large",
             Reject::Unavailable => "server is not accepting connections",
         }

@@ -351,3 +351,260 @@ fn consumed(n: usize) -> Input<'static> {
 fn consumed_with(n: usize, event: Option<Event<'_>>) -> Input<'_> {
     Input::Consumed { consumed: n, event }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::write_frame;
+
+    const LIMITS: Limits = Limits {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+    };
+
+    fn server() -> Session {
+        Session::new(Role::Server, LIMITS, 0)
+    }
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, fin, opcode, payload, Some([1, 2, 3, 4]));
+        out
+    }
+
+    /// What a session made of some input, fed in pieces of `chunk` bytes the way a server
+    /// would (keeping unconsumed bytes at the front).
+    #[derive(Debug, Default, PartialEq)]
+    struct Outcome {
+        messages: Vec<(bool, Vec<u8>)>,
+        pings: usize,
+        closes: Vec<Option<u16>>,
+        error: Option<ProtocolError>,
+        out: Vec<u8>,
+    }
+
+    fn run(session: &mut Session, input: &[u8], chunk: usize) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut buf: Vec<u8> = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            let mut pos = 0;
+            loop {
+                match session.poll_input(&mut buf[pos..], &mut outcome.out) {
+                    Err(e) => {
+                        outcome.error = Some(e);
+                        return outcome;
+                    }
+                    Ok(Input::NeedMore { .. }) => break,
+                    Ok(Input::Consumed { consumed, event }) => {
+                        pos += consumed;
+                        match event {
+                            Some(Event::Message(m)) => {
+                                outcome.messages.push((m.is_text(), m.as_bytes().to_vec()))
+                            }
+                            Some(Event::Ping(_)) => outcome.pings += 1,
+                            Some(Event::Close(c)) => outcome.closes.push(c.code.map(|c| c.0)),
+                            Some(Event::Pong(_)) | None => {}
+                        }
+                    }
+                }
+            }
+            buf.drain(..pos);
+        }
+        outcome
+    }
+
+    /// Runs `input` whole and in every chunk size up to 16; all must agree.
+    fn run_all_splits(input: &[u8]) -> Outcome {
+        let whole = run(&mut server(), input, input.len());
+        for chunk in 1..16 {
+            let split = run(&mut server(), input, chunk);
+            assert_eq!(split.messages, whole.messages, "chunk {chunk}");
+            assert_eq!(split.error, whole.error, "chunk {chunk}");
+            assert_eq!(split.out, whole.out, "chunk {chunk}");
+        }
+        whole
+    }
+
+    /// First frame of server output: (opcode byte, payload).
+    fn first_out_frame(out: &[u8]) -> (u8, Vec<u8>) {
+        let h = decode_header(out, Role::Client).unwrap().unwrap();
+        let start = h.header_len;
+        (out[0], out[start..start + h.payload_len as usize].to_vec())
+    }
+
+    #[test]
+    fn fragmented_text_split_inside_characters() {
+        let text = "Hello-µ@ßöäüàá-UTF-8!!".as_bytes();
+        for split_a in 1..text.len() - 1 {
+            let split_b = split_a + 1;
+            let mut input = frame(false, OpCode::Text, &text[..split_a]);
+            input.extend(frame(true, OpCode::Ping, b"p"));
+            input.extend(frame(false, OpCode::Continuation, &text[split_a..split_b]));
+            input.extend(frame(true, OpCode::Continuation, &text[split_b..]));
+            let o = run_all_splits(&input);
+            assert_eq!(o.error, None, "split {split_a}");
+            assert_eq!(o.messages, vec![(true, text.to_vec())]);
+            assert_eq!(o.pings, 1);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_across_fragments_fails_in_the_fragment_that_breaks_it() {
+        // F4 90 is beyond U+10FFFF: invalid as soon as the second byte is seen, in frame two.
+        let mut input = frame(false, OpCode::Text, b"ok\xF4");
+        input.extend(frame(false, OpCode::Continuation, b"\x90"));
+        let o = run_all_splits(&input);
+        assert_eq!(o.error, Some(ProtocolError::InvalidUtf8));
+        assert_eq!(first_out_frame(&o.out).1[..2], 1007u16.to_be_bytes());
+        // Valid pieces but the message ends inside a character.
+        let mut input = frame(false, OpCode::Text, b"ok\xE2\x82");
+        input.extend(frame(true, OpCode::Continuation, b""));
+        assert_eq!(
+            run_all_splits(&input).error,
+            Some(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_fails_in_a_partial_frame() {
+        let full = frame(true, OpCode::Text, &[b'a'; 100]);
+        let mut session = server();
+        // Header (6 bytes) + 3 valid bytes: needs more.
+        let mut partial = full[..9].to_vec();
+        let mut out = Vec::new();
+        assert!(matches!(
+            session.poll_input(&mut partial, &mut out),
+            Ok(Input::NeedMore {
+                frame_len: Some(106)
+            })
+        ));
+        // The next byte arrives and unmasks to 0xFF: the frame is not complete, yet it fails.
+        let mut grown = partial.clone();
+        grown.push(full[9] ^ b'a' ^ 0xFF);
+        assert_eq!(
+            session.poll_input(&mut grown, &mut out),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        assert_eq!(session.close_state(), CloseState::Failed);
+    }
+
+    #[test]
+    fn fragmentation_rules() {
+        let cont = frame(true, OpCode::Continuation, b"x");
+        assert_eq!(
+            run_all_splits(&cont).error,
+            Some(ProtocolError::UnexpectedContinuation)
+        );
+        let mut two_starts = frame(false, OpCode::Binary, b"a");
+        two_starts.extend(frame(true, OpCode::Text, b"b"));
+        assert_eq!(
+            run_all_splits(&two_starts).error,
+            Some(ProtocolError::ExpectedContinuation)
+        );
+        // Control frames may come between fragments and do not end the message.
+        let mut ok = frame(false, OpCode::Binary, b"ab");
+        ok.extend(frame(true, OpCode::Pong, b""));
+        ok.extend(frame(false, OpCode::Continuation, b""));
+        ok.extend(frame(true, OpCode::Continuation, b"cd"));
+        let o = run_all_splits(&ok);
+        assert_eq!(o.messages, vec![(false, b"abcd".to_vec())]);
+        // A finished message leaves no state behind: a new one can start.
+        let mut again = ok.clone();
+        again.extend(frame(true, OpCode::Text, b"next"));
+        assert_eq!(run_all_splits(&again).messages.len(), 2);
+    }
+
+    #[test]
+    fn message_and_frame_limits() {
+        let limits = Limits {
+            max_frame_size: 10,
+            max_message_size: 15,
+        };
+        let mut s = Session::new(Role::Server, limits, 0);
+        let big = frame(true, OpCode::Binary, &[0; 11]);
+        assert_eq!(
+            run(&mut s, &big, 1000).error,
+            Some(ProtocolError::FrameTooBig)
+        );
+        let mut s = Session::new(Role::Server, limits, 0);
+        let mut parts = frame(false, OpCode::Binary, &[0; 10]);
+        parts.extend(frame(true, OpCode::Continuation, &[0; 6]));
+        let o = run(&mut s, &parts, 1000);
+        assert_eq!(o.error, Some(ProtocolError::MessageTooBig));
+        assert_eq!(first_out_frame(&o.out).1[..2], 1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn ping_is_answered_with_the_same_payload() {
+        let o = run_all_splits(&frame(true, OpCode::Ping, b"hello"));
+        assert_eq!(first_out_frame(&o.out), (0x8A, b"hello".to_vec()));
+    }
+
+    #[test]
+    fn peer_close_is_echoed_and_input_after_it_ignored() {
+        let mut input = frame(true, OpCode::Close, &[0x0F, 0xA0, b'b', b'y', b'e']);
+        input.extend(frame(true, OpCode::Text, b"after close"));
+        let mut s = server();
+        let o = run(&mut s, &input, 7);
+        assert_eq!(o.closes, vec![Some(4000)]);
+        assert!(o.messages.is_empty());
+        assert_eq!(
+            first_out_frame(&o.out),
+            (0x88, 4000u16.to_be_bytes().to_vec())
+        );
+        assert_eq!(s.close_state(), CloseState::ClosedByPeer);
+        // An empty Close is answered with 1000.
+        let o = run_all_splits(&frame(true, OpCode::Close, b""));
+        assert_eq!(first_out_frame(&o.out).1, 1000u16.to_be_bytes());
+    }
+
+    #[test]
+    fn after_our_close_data_is_ignored_until_the_peer_closes() {
+        let mut s = server();
+        let mut out = Vec::new();
+        assert!(s.close(CloseCode::GOING_AWAY, "bye", &mut out));
+        assert_eq!(first_out_frame(&out).1[..2], 1001u16.to_be_bytes());
+        assert!(!s.send(Message::Text("late"), &mut out));
+        let mut input = frame(true, OpCode::Binary, &[9; 300]);
+        input.extend(frame(true, OpCode::Ping, b"p"));
+        input.extend(frame(true, OpCode::Close, &1001u16.to_be_bytes()));
+        let o = run(&mut s, &input, 50);
+        assert!(o.messages.is_empty());
+        assert!(o.out.is_empty(), "no Pong and no second Close after ours");
+        assert_eq!(o.closes, vec![Some(1001)]);
+        assert_eq!(s.close_state(), CloseState::Acknowledged);
+    }
+
+    #[test]
+    fn a_failed_session_writes_one_close_and_discards_the_rest() {
+        let mut input = frame(true, OpCode::Text, b"\xFF");
+        input.extend(frame(true, OpCode::Text, b"never seen"));
+        let mut s = server();
+        let o = run(&mut s, &input, 1000);
+        assert_eq!(o.error, Some(ProtocolError::InvalidUtf8));
+        let mut rest = frame(true, OpCode::Ping, b"x");
+        let mut out = Vec::new();
+        assert!(matches!(
+            s.poll_input(&mut rest, &mut out),
+            Ok(Input::Consumed { event: None, .. })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn client_role_masks_and_reads_unmasked() {
+        let mut client = Session::new(Role::Client, LIMITS, 42);
+        let mut out = Vec::new();
+        assert!(client.send(Message::Text("hi"), &mut out));
+        let h = decode_header(&out, Role::Server).unwrap().unwrap();
+        assert!(h.mask.is_some());
+        let o = run(&mut server(), &out, 3);
+        assert_eq!(o.messages, vec![(true, b"hi".to_vec())]);
+        let mut reply = Vec::new();
+        write_frame(&mut reply, true, OpCode::Binary, b"back", None);
+        let o = run(&mut client, &reply, 2);
+        assert_eq!(o.messages, vec![(false, b"back".to_vec())]);
+    }
+}

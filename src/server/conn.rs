@@ -1,15 +1,15 @@
 //! One connection's socket, buffers and phase, and the IO steps the loop runs on it.
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::time::Instant;
+use std::net::{IpAddr, Shutdown};
 
 use mio::net::TcpStream;
 
+use crate::config::Config;
 use crate::handler::{Handler, Reply};
 use crate::protocol::close::CloseState;
 use crate::protocol::handshake::{self, Reject};
-use crate::protocol::session::{Input, Limits};
+use crate::protocol::session::Input;
 use crate::protocol::{CloseCode, Event, Role, Session};
 
 use super::ConnId;
@@ -26,15 +26,42 @@ pub enum Phase {
     Closing { shut_down: bool },
 }
 
+/// Which deadline the connection's one timer in the wheel stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    None,
+    /// The handshake must complete (`handshake_timeout`).
+    Handshake,
+    /// A Ping is due if nothing arrives (`ping_interval`).
+    Ping,
+    /// A Ping was sent; something must arrive (`pong_timeout`).
+    Pong,
+    /// Output stays over the bound (`slow_consumer_timeout`).
+    SlowConsumer,
+    /// Our Close, or our last bytes, must be answered (`close_timeout`).
+    Close,
+}
+
 /// How a connection ended, for the logs and the drain report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
     /// The close handshake completed (or an HTTP rejection was delivered).
     Clean,
-    /// The peer did not answer our Close, or finish its handshake, in time.
+    /// The peer did not answer our Close, a Ping, or finish its handshake in time.
     TimedOut,
     /// Reset, EOF before a Close, a protocol error, or another IO error.
     Errored,
+}
+
+/// Why [`Conn::read_ready`] stopped reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStop {
+    /// The socket has nothing more now (or the peer is gone).
+    Drained,
+    /// The read budget of this turn is spent: more may be waiting.
+    Budget,
+    /// Queued output is over the bound: reading waits for the peer to read.
+    Backpressure,
 }
 
 /// Shared per-loop buffers: reads land in `read`, output of the connection being served
@@ -45,78 +72,125 @@ pub struct Scratch {
     pub cork: Vec<u8>,
 }
 
-/// What the loop needs to know of the server's state while serving a connection.
+/// What a connection needs to know of the loop while it is served.
 pub struct Context<'a> {
     pub id: ConnId,
-    pub max_handshake_size: usize,
+    pub config: &'a Config,
     pub draining: bool,
+    /// Milliseconds since the loop started, for the idle clock.
+    pub now_ms: u32,
     pub scratch: &'a mut Scratch,
 }
 
 pub struct Conn {
     pub sock: TcpStream,
     pub phase: Phase,
+    pub timer: Timer,
+    /// The peer shut down its side (read returned 0) or the socket failed.
+    pub gone: bool,
+    /// A protocol error failed this connection.
+    pub failed: bool,
+    /// Reading is suspended until queued output drains below the low-water mark.
+    pub paused: bool,
+    /// The connection is in the loop's queue of reads to continue next turn.
+    pub read_queued: bool,
+    /// Counted against `max_connections` (HTTP rejections of the accept path are not).
+    pub counted: bool,
+    /// The close code the peer sent, if any.
+    pub peer_code: Option<CloseCode>,
+    /// When bytes last arrived, in the loop's milliseconds (wrapping).
+    pub last_read_ms: u32,
+    /// When the current timer was armed (for a Ping: when it was sent), same clock.
+    pub armed_ms: u32,
+    /// The address counted against `max_connections_per_ip`, when that limit is on.
+    pub ip: Option<IpAddr>,
     pub session: Session,
     /// Bytes read but not yet consumed (a partial handshake or frame); empty when idle.
     inbuf: Vec<u8>,
     /// Output the socket has not taken yet, from `out_pos` on; empty when idle.
     out: Vec<u8>,
     out_pos: usize,
-    pub deadline: Option<Instant>,
-    /// The close code the peer sent, if any.
-    pub peer_code: Option<CloseCode>,
-    /// The peer shut down its side (read returned 0) or the socket failed.
-    pub gone: bool,
-    /// A protocol error failed this connection.
-    pub failed: bool,
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, limits: Limits, deadline: Instant) -> Conn {
+    pub fn new(sock: TcpStream, config: &Config, now_ms: u32) -> Conn {
         Conn {
             sock,
             phase: Phase::Handshake,
-            session: Session::new(Role::Server, limits, 0),
+            timer: Timer::None,
+            gone: false,
+            failed: false,
+            paused: false,
+            read_queued: false,
+            counted: true,
+            peer_code: None,
+            last_read_ms: now_ms,
+            armed_ms: now_ms,
+            ip: None,
+            session: Session::new(Role::Server, config.limits(), 0),
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
-            deadline: Some(deadline),
-            peer_code: None,
-            gone: false,
-            failed: false,
         }
+    }
+
+    /// Whether bytes arrived since the current timer was armed (in the same millisecond
+    /// counts: a Pong can come back that fast on loopback).
+    pub fn read_since_armed(&self, now_ms: u32) -> bool {
+        now_ms.wrapping_sub(self.last_read_ms) <= now_ms.wrapping_sub(self.armed_ms)
     }
 
     pub fn has_output(&self) -> bool {
         self.out_pos < self.out.len()
     }
 
-    /// Reads until the socket is drained, handling every complete handshake and frame.
+    /// Bytes queued for the peer that the socket has not taken.
+    pub fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Reads until the socket is drained, the budget of `budget` reads is spent, or queued
+    /// output goes over the bound, handling every complete handshake and frame on the way.
     ///
     /// `to_eof` asks to keep reading past a short read (the peer's FIN is already known).
-    pub fn read_ready<H: Handler>(&mut self, cx: &mut Context<'_>, handler: &mut H, to_eof: bool) {
-        loop {
+    pub fn read_ready<H: Handler>(
+        &mut self,
+        cx: &mut Context<'_>,
+        handler: &mut H,
+        to_eof: bool,
+        budget: usize,
+    ) -> ReadStop {
+        for _ in 0..budget {
+            if self.paused {
+                return ReadStop::Backpressure;
+            }
             let n = match self.sock.read(&mut cx.scratch.read) {
                 Ok(0) => {
                     self.gone = true;
-                    return;
+                    return ReadStop::Drained;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStop::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("{}: read error: {e}", cx.id);
                     self.gone = true;
-                    return;
+                    return ReadStop::Drained;
                 }
             };
+            self.last_read_ms = cx.now_ms;
             self.consume_read(n, cx, handler);
             self.flush_cork(cx);
+            if self.queued() > cx.config.max_output_buffer && self.phase == Phase::Open {
+                self.paused = true;
+                return ReadStop::Backpressure;
+            }
             // A short read emptied the socket; a later arrival raises a new readiness edge.
             if n < cx.scratch.read.len() && !to_eof {
-                return;
+                return ReadStop::Drained;
             }
         }
+        ReadStop::Budget
     }
 
     /// Processes `n` fresh bytes from the shared read buffer, in place when nothing is pending.
@@ -128,7 +202,9 @@ impl Conn {
             let mut data = std::mem::take(&mut cx.scratch.read);
             let (used, need) = self.process(&mut data[..n], cx, handler);
             if used < n {
-                self.keep_input(&data[used..n], need);
+                let rest = &data[used..n];
+                self.inbuf.reserve_exact(need.unwrap_or(0).max(rest.len()));
+                self.inbuf.extend_from_slice(rest);
             }
             cx.scratch.read = data;
         } else {
@@ -138,17 +214,11 @@ impl Conn {
             data.drain(..used);
             if data.is_empty() {
                 data = Vec::new(); // An idle connection holds no buffer of its own.
+            } else if let Some(need) = need {
+                data.reserve_exact(need.saturating_sub(data.len()));
             }
             self.inbuf = data;
-            if let Some(need) = need {
-                self.inbuf.reserve(need.saturating_sub(self.inbuf.len()));
-            }
         }
-    }
-
-    fn keep_input(&mut self, rest: &[u8], need: Option<usize>) {
-        self.inbuf.reserve(need.unwrap_or(0).max(rest.len()));
-        self.inbuf.extend_from_slice(rest);
     }
 
     /// Handles the handshake and frames at the front of `data`; returns the bytes used and, when
@@ -214,16 +284,17 @@ impl Conn {
         handler: &mut H,
     ) -> Option<usize> {
         let out = &mut cx.scratch.cork;
-        match handshake::parse_request(data, cx.max_handshake_size) {
-            Ok(None) => None,
-            Ok(Some(_)) if cx.draining => {
-                self.reject(Reject::Unavailable, out, cx.id);
-                Some(data.len())
-            }
-            Ok(Some(req)) => {
+        let request = match handshake::parse_request(data, cx.config.max_handshake_size) {
+            Ok(None) => return None,
+            Ok(Some(_)) if cx.draining => Err(Reject::Unavailable),
+            Ok(Some(req)) if !cx.config.origin_allowed(req.origin) => Err(Reject::Forbidden),
+            Ok(Some(req)) => Ok(req),
+            Err(reject) => Err(reject),
+        };
+        match request {
+            Ok(req) => {
                 handshake::write_accept(req.key, out);
                 self.phase = Phase::Open;
-                self.deadline = None;
                 log::debug!("{}: open {}", cx.id, req.path);
                 handler.on_open(cx.id, req.path);
                 Some(req.head_len)
@@ -277,6 +348,18 @@ impl Conn {
         }
     }
 
+    /// Queues `write` through the cork (or after pending output) and writes what the socket
+    /// takes.
+    pub fn emit(&mut self, cx: &mut Context<'_>, write: impl FnOnce(&mut Session, &mut Vec<u8>)) {
+        let out = if self.has_output() {
+            &mut self.out
+        } else {
+            &mut cx.scratch.cork
+        };
+        write(&mut self.session, out);
+        self.flush_cork(cx);
+    }
+
     /// Shuts down our sending side once all output is out (Closing phase).
     pub fn shut_down_when_flushed(&mut self) {
         if let Phase::Closing { shut_down: false } = self.phase {
@@ -310,15 +393,13 @@ fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
     written
 }
 
-impl Conn {
-    /// Starts the closing handshake from our side after everything already queued.
-    pub fn start_close(&mut self, code: CloseCode, reason: &str, cx: &mut Context<'_>) {
-        let out = if self.has_output() {
-            &mut self.out
-        } else {
-            &mut cx.scratch.cork
-        };
-        self.session.close(code, reason, out);
-        self.flush_cork(cx);
+#[cfg(test)]
+mod tests {
+    /// The struct every open connection costs; kept small so that an idle connection stays
+    /// well under 256 bytes of resident memory (the wheel adds 16 bytes, the slab 8).
+    #[test]
+    fn connection_struct_stays_small() {
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 200, "Conn is {size} bytes");
     }
 }

@@ -1,15 +1,16 @@
 //! The event loop: one thread, one `mio::Poll`, the listener and the signals on reserved tokens,
-//! connections in a slab; the drain on SIGTERM/SIGINT.
+//! connections in a slab, their deadlines in a timing wheel; the drain on SIGTERM/SIGINT.
 
 mod conn;
 mod timers;
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -21,8 +22,8 @@ use crate::protocol::close::CloseState;
 use crate::protocol::handshake::Reject;
 use crate::protocol::CloseCode;
 
-use conn::{Conn, Context, Ending, Phase, Scratch};
-use timers::Timers;
+use conn::{Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
+use timers::Wheel;
 
 /// The listening socket's token.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -30,8 +31,13 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// Size of the loop's one shared read buffer; every connection reads into it.
 const READ_BUF_SIZE: usize = 64 * 1024;
+/// Reads one connection may do per loop turn, so one flooding client cannot starve the rest
+/// (4 × 64 KiB); a connection with more waiting is queued and served again next turn.
+const READ_BUDGET: usize = 4;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
+/// Payload of the keep-alive Pings wsd sends.
+const PING_PAYLOAD: &[u8] = b"wsd";
 
 /// A connection's key in the slab; also its mio token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,8 +134,15 @@ struct EventLoop<H> {
     conns: Slab<Conn>,
     handler: H,
     scratch: Scratch,
-    timers: Timers,
+    wheel: Wheel,
+    /// Connections whose read budget ran out with input still waiting.
+    read_queue: VecDeque<ConnId>,
+    /// Connections counted against `max_connections`.
+    counted: usize,
+    /// Connections per address, when `max_connections_per_ip` is on.
+    per_ip: HashMap<IpAddr, usize>,
     drain: Option<Drain>,
+    started: Instant,
     now: Instant,
 }
 
@@ -146,27 +159,37 @@ impl<H: Handler> EventLoop<H> {
             listener.local_addr()?,
             config.max_connections
         );
+        let now = Instant::now();
         Ok(EventLoop {
+            // Address space for every connection up front; pages are touched only as used.
+            conns: Slab::with_capacity(config.max_connections),
             config,
             poll,
             listener: Some(listener),
             signals,
-            conns: Slab::new(),
             handler,
             scratch: Scratch {
                 read: vec![0; READ_BUF_SIZE],
                 cork: Vec::with_capacity(READ_BUF_SIZE),
             },
-            timers: Timers::default(),
+            wheel: Wheel::new(now),
+            read_queue: VecDeque::new(),
+            counted: 0,
+            per_ip: HashMap::new(),
             drain: None,
-            now: Instant::now(),
+            started: now,
+            now,
         })
     }
 
     fn run(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
-            let timeout = self.timers.timeout(Instant::now());
+            let timeout = if self.read_queue.is_empty() {
+                self.wheel.timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -193,6 +216,7 @@ impl<H: Handler> EventLoop<H> {
                     }
                 }
             }
+            self.continue_reads();
             self.expire_timers();
             if let Some(drain) = &mut self.drain {
                 if self.conns.is_empty() {
@@ -204,12 +228,17 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    fn now_ms(&self) -> u32 {
+        // Wraps after 49 days; the idle clock only ever compares nearby values.
+        self.now.duration_since(self.started).as_millis() as u32
+    }
+
     fn accept(&mut self) {
         loop {
             let Some(listener) = &self.listener else {
                 return;
             };
-            let (mut sock, peer) = match listener.accept() {
+            let (sock, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -219,32 +248,59 @@ impl<H: Handler> EventLoop<H> {
                     return;
                 }
             };
-            if self.conns.len() >= self.config.max_connections {
-                log::debug!("{peer}: refused, {} connections open", self.conns.len());
-                let mut out = Vec::new();
-                Reject::Unavailable.write_response(&mut out);
-                let _ = io::Write::write(&mut sock, &out);
-                let _ = sock.shutdown(std::net::Shutdown::Write);
-                continue;
-            }
             let _ = sock.set_nodelay(true);
-            let entry = self.conns.vacant_entry();
-            let id = ConnId(entry.key());
-            // Registered once for both directions, edge-triggered: no re-registration as a
-            // connection's state changes; a readiness we do not need costs one spurious wakeup.
-            if let Err(e) = self.poll.registry().register(
-                &mut sock,
-                Token(id.0),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("{peer}: cannot register: {e}");
-                continue;
+            let refusal = if self.counted >= self.config.max_connections {
+                Some(Reject::Unavailable)
+            } else if self.config.max_connections_per_ip > 0
+                && self.per_ip.get(&peer.ip()).copied().unwrap_or(0)
+                    >= self.config.max_connections_per_ip
+            {
+                Some(Reject::TooManyFromAddress)
+            } else {
+                None
+            };
+            self.admit(sock, peer, refusal);
+        }
+    }
+
+    /// Puts a new connection in the slab: to be served, or to be told `refusal` and closed
+    /// (it stays until the client has read the answer, so the status is never lost to a reset).
+    fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr, refusal: Option<Reject>) {
+        let now_ms = self.now_ms();
+        let entry = self.conns.vacant_entry();
+        let id = ConnId(entry.key());
+        // Registered once for both directions, edge-triggered: no re-registration as a
+        // connection's state changes; a readiness we do not need costs one spurious wakeup.
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(id.0),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("{peer}: cannot register: {e}");
+            return;
+        }
+        let mut conn = Conn::new(sock, &self.config, now_ms);
+        if let Some(reject) = refusal {
+            log::debug!("{peer}: refused: {}", reject.detail());
+            conn.counted = false;
+            let mut cx = context(&self.config, id, false, now_ms, &mut self.scratch);
+            let mut out = std::mem::take(&mut cx.scratch.cork);
+            conn.reject(reject, &mut out, id);
+            cx.scratch.cork = out;
+            conn.flush_cork(&mut cx);
+        } else {
+            self.counted += 1;
+            if self.config.max_connections_per_ip > 0 {
+                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                conn.ip = Some(peer.ip());
             }
-            let deadline = self.now + self.config.handshake_timeout;
-            entry.insert(Conn::new(sock, self.config.limits(), deadline));
-            self.timers.insert(deadline, id.0);
+            conn.timer = Timer::Handshake;
+            self.wheel
+                .arm(id.0, self.now + self.config.handshake_timeout);
             log::debug!("{id}: accepted from {peer}");
         }
+        entry.insert(conn);
+        self.settle(id);
     }
 
     /// Returns true when this is a second signal and the loop must end at once.
@@ -277,17 +333,17 @@ impl<H: Handler> EventLoop<H> {
             started: self.now,
             report: DrainReport::default(),
         });
+        let now_ms = self.now_ms();
         let ids: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in ids {
             let id = ConnId(key);
-            let reason = self.config.close_reason.clone();
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let mut cx = context(&self.config, id, true, &mut self.scratch);
+            let mut cx = context(&self.config, id, true, now_ms, &mut self.scratch);
             // Messages that already arrived are handled, and their answers queued, before the
             // Close: nothing a client sent before the drain is lost.
-            conn.read_ready(&mut cx, &mut self.handler, false);
+            conn.read_ready(&mut cx, &mut self.handler, false, usize::MAX);
             match conn.phase {
                 Phase::Handshake => {
                     let mut out = std::mem::take(&mut cx.scratch.cork);
@@ -298,7 +354,12 @@ impl<H: Handler> EventLoop<H> {
                         drain.report.refused += 1;
                     }
                 }
-                Phase::Open => conn.start_close(CloseCode::GOING_AWAY, &reason, &mut cx),
+                Phase::Open => {
+                    let reason = cx.config.close_reason.as_str();
+                    conn.emit(&mut cx, |session, out| {
+                        session.close(CloseCode::GOING_AWAY, reason, out);
+                    });
+                }
                 Phase::Closing { .. } => {}
             }
             self.settle(id);
@@ -307,21 +368,52 @@ impl<H: Handler> EventLoop<H> {
 
     /// Handles readiness on one connection.
     fn serve(&mut self, id: ConnId, readable: bool, writable: bool, to_eof: bool) {
-        if !self.conns.contains(id.0) {
+        let now_ms = self.now_ms();
+        let Some(conn) = self.conns.get_mut(id.0) else {
             return; // Readiness for a connection already gone.
-        }
-        let mut cx = context(&self.config, id, self.drain.is_some(), &mut self.scratch);
-        let conn = &mut self.conns[id.0];
+        };
+        let mut cx = context(
+            &self.config,
+            id,
+            self.drain.is_some(),
+            now_ms,
+            &mut self.scratch,
+        );
+        let mut readable = readable;
         if writable {
             conn.flush();
+            if conn.paused && conn.queued() <= cx.config.max_output_buffer / 2 {
+                // Below the low-water mark: read again. Input that waited while paused raised
+                // no new edge, so read now rather than wait for one.
+                conn.paused = false;
+                readable = true;
+            }
         }
-        if readable {
-            conn.read_ready(&mut cx, &mut self.handler, to_eof);
+        if readable && !conn.read_queued {
+            let stop = conn.read_ready(&mut cx, &mut self.handler, to_eof, READ_BUDGET);
+            if stop == ReadStop::Budget {
+                conn.read_queued = true;
+                self.read_queue.push_back(id);
+            }
         }
         self.settle(id);
     }
 
-    /// Moves a connection on after IO: close TCP when its exchange is over, arm its timers.
+    /// Serves the connections whose read budget ran out last turn, once each.
+    fn continue_reads(&mut self) {
+        for _ in 0..self.read_queue.len() {
+            let Some(id) = self.read_queue.pop_front() else {
+                break;
+            };
+            if let Some(conn) = self.conns.get_mut(id.0) {
+                conn.read_queued = false;
+                self.serve(id, true, false, false);
+            }
+        }
+    }
+
+    /// Moves a connection on after IO: close TCP when its exchange is over, keep its one timer
+    /// in step with its state.
     fn settle(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
@@ -329,7 +421,6 @@ impl<H: Handler> EventLoop<H> {
         conn.flush();
         if conn.failed && conn.phase == Phase::Open {
             conn.phase = Phase::Closing { shut_down: false };
-            conn.deadline = None;
         }
         let state = conn.session.close_state();
         if conn.phase == Phase::Open && state.is_finished() && !conn.has_output() {
@@ -345,43 +436,126 @@ impl<H: Handler> EventLoop<H> {
             return self.remove(id, ending);
         }
         conn.shut_down_when_flushed();
-        let waits_for_peer = state == CloseState::ClosedByUs || conn.phase != Phase::Open;
-        let waits = waits_for_peer && conn.phase != Phase::Handshake;
-        if waits && conn.deadline.is_none() {
-            let at = self.now + self.config.close_timeout;
-            conn.deadline = Some(at);
-            self.timers.insert(at, id.0);
+        let want = match (conn.phase, state) {
+            (Phase::Handshake, _) => Timer::Handshake,
+            (Phase::Open, CloseState::Open) if conn.paused => Timer::SlowConsumer,
+            (Phase::Open, CloseState::Open) if self.config.ping_interval.is_zero() => Timer::None,
+            (Phase::Open, CloseState::Open) => match conn.timer {
+                Timer::Pong => Timer::Pong,
+                _ => Timer::Ping,
+            },
+            _ => Timer::Close,
+        };
+        if want != conn.timer {
+            let after = match want {
+                Timer::None => None,
+                Timer::Handshake => Some(self.config.handshake_timeout),
+                Timer::Ping => Some(self.config.ping_interval),
+                Timer::Pong => Some(self.config.pong_timeout),
+                Timer::SlowConsumer => Some(self.config.slow_consumer_timeout),
+                Timer::Close => Some(self.config.close_timeout),
+            };
+            self.arm(id, want, after);
         }
     }
 
     fn expire_timers(&mut self) {
-        while let Some((at, key)) = self.timers.pop_due(self.now) {
-            let Some(conn) = self.conns.get(key) else {
-                continue;
-            };
-            if conn.deadline != Some(at) {
-                continue; // Moved or cleared since.
-            }
-            let id = ConnId(key);
-            match conn.phase {
-                Phase::Handshake => log::debug!("{id}: handshake timed out"),
-                _ => log::debug!("{id}: close timed out"),
-            }
-            let ending = if conn.failed {
-                Ending::Errored
-            } else {
-                Ending::TimedOut
-            };
-            self.remove(id, ending);
+        let due = self.wheel.expire(self.now).to_vec();
+        for key in due {
+            self.on_timer(ConnId(key));
         }
+    }
+
+    /// Arms the connection's one timer as `timer`, due `after` from now.
+    fn arm(&mut self, id: ConnId, timer: Timer, after: Option<Duration>) {
+        let now_ms = self.now_ms();
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        conn.timer = timer;
+        conn.armed_ms = now_ms;
+        match after {
+            Some(after) => self.wheel.arm(id.0, self.now + after),
+            None => self.wheel.cancel(id.0),
+        }
+    }
+
+    fn on_timer(&mut self, id: ConnId) {
+        let now_ms = self.now_ms();
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        let idle = Duration::from_millis(u64::from(now_ms.wrapping_sub(conn.last_read_ms)));
+        let heard = conn.read_since_armed(now_ms);
+        let mut cx = context(
+            &self.config,
+            id,
+            self.drain.is_some(),
+            now_ms,
+            &mut self.scratch,
+        );
+        match conn.timer {
+            Timer::None => {}
+            Timer::Handshake => {
+                log::debug!("{id}: handshake timed out");
+                return self.remove(id, Ending::TimedOut);
+            }
+            Timer::Ping | Timer::Pong if heard => {
+                // Input arrived since the timer was set (for a Pong timer: since the Ping): the
+                // peer is alive; the next Ping is due one interval after its last bytes.
+                let rest = self.config.ping_interval.saturating_sub(idle);
+                return self.arm(id, Timer::Ping, Some(rest));
+            }
+            Timer::Ping => {
+                conn.emit(&mut cx, |session, out| {
+                    session.ping(PING_PAYLOAD, out);
+                });
+                self.arm(id, Timer::Pong, Some(self.config.pong_timeout));
+            }
+            Timer::Pong => {
+                log::debug!(
+                    "{id}: no answer to a Ping in {:?}",
+                    self.config.pong_timeout
+                );
+                return self.remove(id, Ending::TimedOut);
+            }
+            Timer::SlowConsumer => {
+                log::debug!("{id}: slow consumer, {} bytes queued", conn.queued());
+                conn.emit(&mut cx, |session, out| {
+                    session.close(CloseCode::POLICY, "slow consumer", out);
+                });
+                self.arm(id, Timer::None, None);
+            }
+            Timer::Close => {
+                log::debug!("{id}: close timed out");
+                let ending = if conn.failed {
+                    Ending::Errored
+                } else {
+                    Ending::TimedOut
+                };
+                return self.remove(id, ending);
+            }
+        }
+        self.settle(id);
     }
 
     fn remove(&mut self, id: ConnId, ending: Ending) {
         let mut conn = self.conns.remove(id.0);
+        self.wheel.cancel(id.0);
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        let was_open = conn.phase != Phase::Handshake;
+        if conn.counted {
+            self.counted -= 1;
+        }
+        if let Some(ip) = conn.ip {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
         log::debug!("{id}: closed ({ending:?})");
-        if was_open {
+        if conn.phase != Phase::Handshake && conn.counted {
             self.handler.on_close(id, conn.peer_code);
         }
         if let Some(drain) = &mut self.drain {
@@ -398,15 +572,17 @@ impl<H: Handler> EventLoop<H> {
 }
 
 fn context<'a>(
-    config: &Config,
+    config: &'a Config,
     id: ConnId,
     draining: bool,
+    now_ms: u32,
     scratch: &'a mut Scratch,
 ) -> Context<'a> {
     Context {
         id,
-        max_handshake_size: config.max_handshake_size,
+        config,
         draining,
+        now_ms,
         scratch,
     }
 }

@@ -250,3 +250,27 @@ pub fn sees_eof(s: &mut TcpStream) -> bool {
         }
     }
 }
+
+/// Resident memory of a process in bytes, from /proc.
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Sends a handshake with extra header lines and returns the response head.
+pub fn handshake_with(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let request = String::from_utf8(upgrade_request("/")).unwrap();
+    let request = request.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n\r\n"), 1);
+    let request = request.replace("\r\n\r\n\r\n", "\r\n\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let head = read_http_head(&mut s);
+    (s, head)
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Resident memory per idle connection: (RSS with N idle connections - RSS with none) / N, for
+# each N given (default 10000 19000). A fresh server per N; the clients are wsd-load idle,
+# spread over source addresses 127.0.0.2-127.0.0.101 so ports never run out.
+# Usage: bash benches/idle_rss.sh [N...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+counts=("$@")
+[ ${#counts[@]} -gt 0 ] || counts=(10000 19000)
+
+cargo build --release --quiet --bin wsd --bin wsd-load
+port=$((20000 + RANDOM % 20000))
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+wait_for_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "server did not start" >&2
+  return 1
+}
+
+printf '| idle connections | RSS with none | RSS with N | bytes per connection |\n'
+printf '|---:|---:|---:|---:|\n'
+for n in "${counts[@]}"; do
+  port=$((port + 1))
+  ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
+    2>/tmp/wsd-idle-rss.log &
+  server=$!
+  pids+=("$server")
+  wait_for_port "$port"
+  # Warm the paths a connection takes (handshake, echo, close) before the baseline.
+  ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q >/dev/null 2>&1
+  base=$(rss_kib "$server")
+  log=$(mktemp)
+  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" \
+    --src 127.0.0.2-127.0.0.101 --rate 20000 --hold 120s 2>"$log" >/dev/null &
+  loader=$!
+  pids+=("$loader")
+  for _ in $(seq 1 1200); do
+    grep -q "^established $n" "$log" && break
+    kill -0 "$loader" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep -q "^established $n" "$log" || { echo "only: $(tail -c 300 "$log")" >&2; exit 1; }
+  with=$(rss_kib "$server")
+  per=$(( (with - base) * 1024 / n ))
+  printf '| %d | %d KiB | %d KiB | %d B |\n' "$n" "$base" "$with" "$per"
+  kill "$loader" "$server" 2>/dev/null || true
+  wait "$loader" "$server" 2>/dev/null || true
+  rm -f "$log"
+done
