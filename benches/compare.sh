@@ -8,7 +8,8 @@
 #   RUNS=3           runs per cell and server; the median is reported
 #   SERVER_CPU=0     core the server is pinned to (taskset -c)
 #   LOAD_CPU=1       core wsd-load is pinned to
-#   SERVERS="wsd tungstenite fastwebsockets"
+#   SERVERS="wsd tungstenite fastwebsockets"   (add wsd-alt to A/B another wsd build:)
+#   WSD_ALT=path/to/other/wsd                    the binary run as server "wsd-alt"
 #   CELLS="1x16 100x1024 ..."   a subset of the cells below, by name
 #   OUT=benches/results/compare-<UTC time>.md
 #
@@ -53,6 +54,7 @@ server_cmd() {
     local addr=127.0.0.1:$PORT
     case $1 in
         wsd) echo "$WSD --listen $addr --max-connections 20000" ;;
+        wsd-alt) echo "${WSD_ALT:?set WSD_ALT to a wsd binary} --listen $addr --max-connections 20000" ;;
         tungstenite) echo "$PEERS/peer-tungstenite --listen $addr" ;;
         fastwebsockets) echo "$PEERS/peer-fastwebsockets --listen $addr" ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
