@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (cpu, held) = drive(&opts, &shared);
+    let (cpu, held, mut progress) = drive(&opts, &shared);
     let mut stats = Stats::default();
     for h in handles {
         match h.join() {
@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    progress.line(&shared, true);
     let report = Report {
         opts: &opts,
         stats,
@@ -111,9 +112,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the phases from the main thread; returns the CPU used in the measured window and how
-/// long connections were held.
-fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration) {
+/// Runs the phases from the main thread; returns the CPU used in the measured window, how long
+/// connections were held, and the progress line for its last word once the workers are done.
+fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
     let threads = opts.threads;
     let mut progress = Progress::new(opts);
     let mut cpu = Cpu::default();
@@ -169,8 +170,7 @@ fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration) {
             held = start.elapsed();
         }
     }
-    progress.line(shared, true);
-    (cpu, held)
+    (cpu, held, progress)
 }
 
 /// The once-a-second line on stderr (rewritten in place on a terminal).
