@@ -53,8 +53,8 @@ PEERS=benches/peers/target/release
 server_cmd() {
     local addr=127.0.0.1:$PORT
     case $1 in
-        wsd) echo "$WSD --listen $addr --max-connections 20000" ;;
-        wsd-alt) echo "${WSD_ALT:?set WSD_ALT to a wsd binary} --listen $addr --max-connections 20000" ;;
+        wsd) echo "$WSD --listen $addr --max-connections 19000" ;;
+        wsd-alt) echo "${WSD_ALT:?set WSD_ALT to a wsd binary} --listen $addr --max-connections 19000" ;;
         tungstenite) echo "$PEERS/peer-tungstenite --listen $addr" ;;
         fastwebsockets) echo "$PEERS/peer-fastwebsockets --listen $addr" ;;
         *) echo "unknown server $1" >&2; exit 2 ;;

@@ -5,7 +5,6 @@ use fastwebsockets::{upgrade, FragmentCollector, OpCode, WebSocketError};
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 
