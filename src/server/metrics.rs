@@ -60,7 +60,7 @@ pub struct Stats {
     pub closes: BTreeMap<(Side, u16), u64>,
     pub close_timeouts: u64,
     pub handshake_timeouts: u64,
-    /// Connections closed because they read too slowly (kept at 0 until backpressure lands).
+    /// Connections closed with 1008 because they stayed over `max_output_buffer` too long.
     pub slow_consumer_closes: u64,
 }
 

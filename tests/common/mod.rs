@@ -39,23 +39,7 @@ impl Wsd {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn wsd");
-        let stderr = child.stderr.take().expect("stderr");
-        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let (lines, cv) = &*sink;
-                lines.lock().unwrap().push(line);
-                cv.notify_all();
-            }
-        });
-        let mut wsd = Wsd {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
+        let mut wsd = Self::spawn_until(cmd, "listening on ");
         let line = wsd
             .wait_for_log("listening on ")
             .unwrap_or_else(|| panic!("wsd did not start: {:?}", wsd.logs()));

@@ -27,6 +27,8 @@ use worker::{Shared, Worker};
 const EXIT_FAILED: u8 = 1;
 /// Exit status for an unusable command line.
 const EXIT_USAGE: u8 = 2;
+/// Descriptors wsd-load needs besides its connections (stdio, epoll, signal pipe, …).
+const FD_RESERVE: u64 = 32;
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Longest the main thread sleeps between looks at the workers (they also wake it).
@@ -44,6 +46,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let fd_limit = sys::raise_fd_limit();
+    if fd_limit > 0 && (opts.connections as u64) + FD_RESERVE > fd_limit {
+        eprintln!(
+            "wsd-load: warning: {} connections need more than the open-file limit of {fd_limit}",
+            opts.connections
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
@@ -72,7 +81,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (cpu, held) = drive(&opts, &shared);
+    let (cpu, held, mut progress) = drive(&opts, &shared);
     let mut stats = Stats::default();
     for h in handles {
         match h.join() {
@@ -83,6 +92,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    progress.line(&shared, true);
     let report = Report {
         opts: &opts,
         stats,
@@ -102,9 +112,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the phases from the main thread; returns the CPU used in the measured window and how
-/// long connections were held.
-fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration) {
+/// Runs the phases from the main thread; returns the CPU used in the measured window, how long
+/// connections were held, and the progress line for its last word once the workers are done.
+fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
     let threads = opts.threads;
     let mut progress = Progress::new(opts);
     let mut cpu = Cpu::default();
@@ -160,8 +170,7 @@ fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration) {
             held = start.elapsed();
         }
     }
-    progress.line(shared, true);
-    (cpu, held)
+    (cpu, held, progress)
 }
 
 /// The once-a-second line on stderr (rewritten in place on a terminal).

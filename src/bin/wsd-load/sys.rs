@@ -159,3 +159,25 @@ pub fn process_cpu(pid: u32) -> io::Result<Duration> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_micros(total * 1_000_000 / hz))
 }
+
+/// Raises the soft limit on open files to the hard limit (each connection is a descriptor);
+/// returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: rlimit is plain old data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; failure leaves the old limit in place.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_max as u64;
+        }
+    }
+    lim.rlim_cur as u64
+}

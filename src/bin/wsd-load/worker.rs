@@ -295,7 +295,9 @@ impl Worker {
             {
                 self.sending = false;
             }
-            if self.in_flight == 0 && !(self.sending && self.quota_left > 0) {
+            // With --duration the quotas are unbounded: sending goes on while a connection is.
+            let unbounded = self.opts.messages.is_none() && self.live > 0;
+            if self.in_flight == 0 && !(self.sending && (unbounded || self.quota_left > 0)) {
                 break;
             }
             if !self.sending {
