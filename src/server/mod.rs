@@ -208,6 +208,8 @@ struct EventLoop<H> {
     handler: H,
     scratch: Scratch,
     wheel: Wheel,
+    /// Keys of the timers due this turn, kept from turn to turn.
+    due: Vec<usize>,
     /// Connections whose read budget ran out with input still waiting.
     read_queue: VecDeque<ConnId>,
     /// Connections counted against `max_connections`.
@@ -257,6 +259,7 @@ impl<H: Handler> EventLoop<H> {
                 pool: BufPool::default(),
             },
             wheel: Wheel::new(now),
+            due: Vec::new(),
             read_queue: VecDeque::new(),
             counted: 0,
             per_ip: HashMap::new(),
@@ -604,10 +607,12 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn expire_timers(&mut self) {
-        let due = self.wheel.expire(self.now).to_vec();
-        for key in due {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(self.now, &mut due);
+        for &key in &due {
             self.on_timer(ConnId(key));
         }
+        self.due = due;
     }
 
     /// Arms the connection's one timer as `timer`, due `after` from now.

@@ -41,8 +41,6 @@ pub struct Wheel {
     occupied: [u64; WORDS],
     nodes: Vec<Node>,
     armed: usize,
-    /// Reused buffer of due keys, so firing allocates nothing once warm.
-    due: Vec<usize>,
 }
 
 impl Wheel {
@@ -54,7 +52,6 @@ impl Wheel {
             occupied: [0; WORDS],
             nodes: Vec::new(),
             armed: 0,
-            due: Vec::new(),
         }
     }
 
@@ -159,9 +156,11 @@ impl Wheel {
         None
     }
 
-    /// Disarms every timer due at `now` and returns their keys (in no particular order).
-    pub fn expire(&mut self, now: Instant) -> &[usize] {
-        self.due.clear();
+    /// Disarms every timer due at `now` and puts their keys in `due` (cleared first, in no
+    /// particular order). The caller keeps `due` from turn to turn, so firing allocates nothing
+    /// once it has grown.
+    pub fn expire(&mut self, now: Instant, due: &mut Vec<usize>) {
+        due.clear();
         // A node at tick T is due once `now` has reached T's start.
         let until = self.tick_now_floor(now).saturating_add(1);
         // Past a whole turn every slot is visited once.
@@ -173,18 +172,15 @@ impl Wheel {
             while key != NIL {
                 let node = self.nodes[key as usize];
                 if node.at < until {
-                    self.due.push(key as usize);
+                    due.push(key as usize);
                 }
                 key = node.next;
             }
         }
         self.current = self.current.max(until);
-        let mut due = std::mem::take(&mut self.due);
-        for &key in &due {
+        for &key in due.iter() {
             self.cancel(key);
         }
-        std::mem::swap(&mut self.due, &mut due);
-        &self.due
     }
 
     /// The tick `now` falls in (rounded down): ticks up to it are due.
@@ -202,16 +198,22 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn fire(w: &mut Wheel, now: Instant) -> Vec<usize> {
+        let mut due = Vec::new();
+        w.expire(now, &mut due);
+        due
+    }
+
     #[test]
     fn fires_at_the_deadline_never_early() {
         let t0 = Instant::now();
         let mut w = Wheel::new(t0);
         w.arm(1, t0 + ms(100));
         w.arm(2, t0 + ms(10));
-        assert!(w.expire(t0 + ms(9)).is_empty());
-        assert_eq!(w.expire(t0 + ms(12)), &[2]);
-        assert!(w.expire(t0 + ms(99)).is_empty());
-        assert_eq!(w.expire(t0 + ms(104)), &[1]);
+        assert!(fire(&mut w, t0 + ms(9)).is_empty());
+        assert_eq!(fire(&mut w, t0 + ms(12)), &[2]);
+        assert!(fire(&mut w, t0 + ms(99)).is_empty());
+        assert_eq!(fire(&mut w, t0 + ms(104)), &[1]);
         assert!(w.is_empty());
     }
 
@@ -240,7 +242,7 @@ mod tests {
             w.arm(key, t0 + ms(500));
         }
         w.cancel(1);
-        let mut due = w.expire(t0 + ms(60)).to_vec();
+        let mut due = fire(&mut w, t0 + ms(60)).to_vec();
         due.sort_unstable();
         assert_eq!(due, (3..100).step_by(2).collect::<Vec<_>>());
         assert_eq!(w.len(), 50);
@@ -258,20 +260,20 @@ mod tests {
         let mut t = t0;
         while t < t0 + far - ms(10) {
             t += ms(700);
-            assert!(w.expire(t.min(t0 + far - ms(10))).is_empty());
+            assert!(fire(&mut w, t.min(t0 + far - ms(10))).is_empty());
         }
-        assert_eq!(w.expire(t0 + far + TICK), &[7]);
+        assert_eq!(fire(&mut w, t0 + far + TICK), &[7]);
     }
 
     #[test]
     fn a_deadline_in_the_past_fires_on_the_next_expire() {
         let t0 = Instant::now();
         let mut w = Wheel::new(t0);
-        w.expire(t0 + ms(1000));
+        fire(&mut w, t0 + ms(1000));
         w.arm(3, t0 + ms(10));
         // It goes in the current slot: the loop sleeps at most one tick before firing it.
         assert!(w.timeout(t0 + ms(1000)).unwrap() <= TICK);
-        assert_eq!(w.expire(t0 + ms(1000) + TICK), &[3]);
+        assert_eq!(fire(&mut w, t0 + ms(1000) + TICK), &[3]);
     }
 
     #[test]
@@ -289,7 +291,7 @@ mod tests {
         while !w.is_empty() {
             let sleep = w.timeout(now).unwrap();
             now += sleep;
-            for &key in w.expire(now) {
+            for key in fire(&mut w, now) {
                 let deadline = t0 + Duration::from_micros(key as u64 * 997 % 3_000_000);
                 assert!(now >= deadline, "key {key} early");
                 assert!(
