@@ -242,7 +242,8 @@ impl Conn {
             if used < n {
                 let rest = &data[used..n];
                 self.inbuf = cx.scratch.pool.take();
-                self.inbuf.reserve(need.unwrap_or(0).max(rest.len()));
+                self.inbuf
+                    .reserve(reserve_hint(need, rest.len(), data.len()));
                 self.inbuf.extend_from_slice(rest);
             }
             cx.scratch.read = data;
@@ -256,7 +257,9 @@ impl Conn {
                 cx.scratch.pool.give(data);
             } else {
                 if let Some(need) = need {
-                    data.reserve(need.saturating_sub(data.len()));
+                    let len = data.len();
+                    let step = cx.scratch.read.len();
+                    data.reserve(reserve_hint(Some(need), len, step).saturating_sub(len));
                 }
                 self.inbuf = data;
             }
@@ -445,6 +448,16 @@ impl Conn {
     }
 }
 
+/// How much room to make for a partial frame of `need` bytes of which `have` arrived: the whole
+/// frame, but never more than one read (`step`) ahead of what arrived, so that a header
+/// alone (which may claim up to `max_frame_size`) cannot make a connection reserve memory its
+/// peer never sends.
+fn reserve_hint(need: Option<usize>, have: usize, step: usize) -> usize {
+    need.unwrap_or(have)
+        .min(have.saturating_add(step))
+        .max(have)
+}
+
 /// Writes as much of `buf` as the socket takes; marks `gone` on a hard error.
 fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
     let mut written = 0;
@@ -469,6 +482,15 @@ fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_header_alone_reserves_at_most_one_read_ahead() {
+        // A 16 MiB frame announced by 14 bytes: room for one more read, not 16 MiB.
+        assert_eq!(reserve_hint(Some(16 << 20), 14, 1 << 18), 14 + (1 << 18));
+        // A frame that fits within the next read is reserved whole.
+        assert_eq!(reserve_hint(Some(1000), 100, 1 << 18), 1000);
+        assert_eq!(reserve_hint(None, 100, 1 << 18), 100);
+    }
 
     #[test]
     fn the_pool_keeps_small_buffers_only() {
