@@ -28,28 +28,12 @@ impl Wsd {
 
     /// Like [`Wsd::start`], with extra environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Wsd {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsd"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = wsd_command(&["--listen", "127.0.0.1:0"]);
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut wsd = Self::spawn_until(cmd, "listening on ");
-        let line = wsd
-            .wait_for_log("listening on ")
-            .unwrap_or_else(|| panic!("wsd did not start: {:?}", wsd.logs()));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in log line");
-        wsd.addr = addr.parse().expect("socket address");
-        wsd
+        Self::spawn(cmd)
     }
 
     pub fn url(&self) -> String {
