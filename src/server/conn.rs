@@ -345,7 +345,6 @@ impl Conn {
         cx: &mut Context<'_>,
         handler: &mut H,
     ) -> Option<usize> {
-        let out = &mut cx.scratch.cork;
         let request = match handshake::parse_request(data, cx.config.max_handshake_size) {
             Ok(None) => return None,
             Ok(Some(_)) if cx.draining => Err(Reject::Unavailable),
@@ -355,28 +354,29 @@ impl Conn {
         };
         match request {
             Ok(req) => {
-                handshake::write_accept(req.key, out);
+                handshake::write_accept(req.key, &mut cx.scratch.cork);
                 self.phase = Phase::Open;
                 log::debug!("{}: open {}", cx.id, req.path);
                 handler.on_open(cx.id, req.path);
                 Some(req.head_len)
             }
             Err(reject) => {
-                self.reject(reject, out, cx.id, cx.stats);
+                self.reject(reject, cx);
                 Some(data.len())
             }
         }
     }
 
     /// Answers the handshake with an HTTP error and closes.
-    pub fn reject(&mut self, reject: Reject, out: &mut Vec<u8>, id: ConnId, stats: &mut Stats) {
-        stats.rejected(reject.status());
+    pub fn reject(&mut self, reject: Reject, cx: &mut Context<'_>) {
+        cx.stats.rejected(reject.status());
         log::debug!(
-            "{id}: handshake rejected: {} {}",
+            "{}: handshake rejected: {} {}",
+            cx.id,
             reject.status(),
             reject.detail()
         );
-        reject.write_response(out);
+        reject.write_response(&mut cx.scratch.cork);
         self.phase = Phase::Closing { shut_down: false };
     }
 

@@ -36,6 +36,27 @@ use metrics::{Metrics, Side, Stats};
 use notify::Notifier;
 use timers::Wheel;
 
+/// The [`Context`] a connection is served with. A macro rather than a method because it borrows
+/// fields of the loop beside `self.conns`, where the connection itself is borrowed from.
+macro_rules! context {
+    ($lp:ident, $id:expr) => {
+        Context {
+            id: $id,
+            config: &$lp.config,
+            draining: $lp.drain.is_some(),
+            now_ms: loop_ms($lp.started, $lp.now),
+            scratch: &mut $lp.scratch,
+            stats: &mut $lp.stats,
+        }
+    };
+}
+
+/// Milliseconds of the loop's clock at `now`. Wraps after 49 days; the idle clock only ever
+/// compares nearby values.
+fn loop_ms(started: Instant, now: Instant) -> u32 {
+    now.duration_since(started).as_millis() as u32
+}
+
 /// The listening socket's token.
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The signal pipe's token (`usize::MAX` itself is reserved by mio).
@@ -341,8 +362,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn now_ms(&self) -> u32 {
-        // Wraps after 49 days; the idle clock only ever compares nearby values.
-        self.now.duration_since(self.started).as_millis() as u32
+        loop_ms(self.started, self.now)
     }
 
     fn accept(&mut self) {
@@ -396,17 +416,8 @@ impl<H: Handler> EventLoop<H> {
         if let Some(reject) = refusal {
             log::debug!("{peer}: refused: {}", reject.detail());
             conn.counted = false;
-            let mut cx = context(
-                &self.config,
-                id,
-                false,
-                now_ms,
-                &mut self.scratch,
-                &mut self.stats,
-            );
-            let mut out = std::mem::take(&mut cx.scratch.cork);
-            conn.reject(reject, &mut out, id, cx.stats);
-            cx.scratch.cork = out;
+            let mut cx = context!(self, id);
+            conn.reject(reject, &mut cx);
             conn.flush_cork(&mut cx);
         } else {
             self.counted += 1;
@@ -471,26 +482,16 @@ impl<H: Handler> EventLoop<H> {
 
     /// Handles what already arrived on a connection, then sends its Close (or 503).
     fn drain_one(&mut self, id: ConnId) {
-        let now_ms = self.now_ms();
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        let mut cx = context(
-            &self.config,
-            id,
-            true,
-            now_ms,
-            &mut self.scratch,
-            &mut self.stats,
-        );
+        let mut cx = context!(self, id);
         // Messages that already arrived are handled, and their answers queued, before the
         // Close: nothing a client sent before the drain is lost.
         conn.read_ready(&mut cx, &mut self.handler, false, usize::MAX);
         match conn.phase {
             Phase::Handshake => {
-                let mut out = std::mem::take(&mut cx.scratch.cork);
-                conn.reject(Reject::Unavailable, &mut out, id, cx.stats);
-                cx.scratch.cork = out;
+                conn.reject(Reject::Unavailable, &mut cx);
                 conn.flush_cork(&mut cx);
                 if let Some(drain) = &mut self.drain {
                     drain.report.refused += 1;
@@ -512,18 +513,10 @@ impl<H: Handler> EventLoop<H> {
 
     /// Handles readiness on one connection.
     fn serve(&mut self, id: ConnId, readable: bool, writable: bool, to_eof: bool) {
-        let now_ms = self.now_ms();
         let Some(conn) = self.conns.get_mut(id.0) else {
             return; // Readiness for a connection already gone.
         };
-        let mut cx = context(
-            &self.config,
-            id,
-            self.drain.is_some(),
-            now_ms,
-            &mut self.scratch,
-            &mut self.stats,
-        );
+        let mut cx = context!(self, id);
         let mut readable = readable;
         if writable {
             cx.stats.sent_bytes += conn.flush(&mut cx.scratch.pool) as u64;
@@ -636,14 +629,7 @@ impl<H: Handler> EventLoop<H> {
         };
         let idle = Duration::from_millis(u64::from(now_ms.wrapping_sub(conn.last_read_ms)));
         let heard = conn.read_since_armed(now_ms);
-        let mut cx = context(
-            &self.config,
-            id,
-            self.drain.is_some(),
-            now_ms,
-            &mut self.scratch,
-            &mut self.stats,
-        );
+        let mut cx = context!(self, id);
         match conn.timer {
             Timer::None => {}
             Timer::Handshake => {
@@ -734,23 +720,5 @@ impl<H: Handler> EventLoop<H> {
                 Ending::Errored => drain.report.errored += 1,
             }
         }
-    }
-}
-
-fn context<'a>(
-    config: &'a Config,
-    id: ConnId,
-    draining: bool,
-    now_ms: u32,
-    scratch: &'a mut Scratch,
-    stats: &'a mut Stats,
-) -> Context<'a> {
-    Context {
-        id,
-        config,
-        draining,
-        now_ms,
-        scratch,
-        stats,
     }
 }
