@@ -91,20 +91,79 @@ pub fn render(s: &Snapshot<'_>) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let one = |v: u64| [(String::new(), v)];
     let st = s.stats;
-    metric(
-        "wsd_connections_open",
-        "gauge",
-        "Connections open, handshakes included.",
-        &one(s.open as u64),
-    );
-    metric(
-        "wsd_connections_accepted_total",
-        "counter",
-        "TCP connections accepted.",
-        &one(st.accepted),
-    );
+    // Families with one unlabelled sample: (name, type, help, value).
+    let single: [(&str, &str, &str, u64); 11] = [
+        (
+            "wsd_connections_open",
+            "gauge",
+            "Connections open, handshakes included.",
+            s.open as u64,
+        ),
+        (
+            "wsd_connections_accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            st.accepted,
+        ),
+        (
+            "wsd_handshake_timeouts_total",
+            "counter",
+            "Handshakes not completed within handshake_timeout.",
+            st.handshake_timeouts,
+        ),
+        (
+            "wsd_messages_received_total",
+            "counter",
+            "WebSocket messages received.",
+            st.messages_received,
+        ),
+        (
+            "wsd_messages_sent_total",
+            "counter",
+            "WebSocket messages sent.",
+            st.messages_sent,
+        ),
+        (
+            "wsd_received_bytes_total",
+            "counter",
+            "Bytes read from WebSocket connections.",
+            st.received_bytes,
+        ),
+        (
+            "wsd_sent_bytes_total",
+            "counter",
+            "Bytes written to WebSocket connections.",
+            st.sent_bytes,
+        ),
+        (
+            "wsd_close_timeouts_total",
+            "counter",
+            "Connections dropped because the peer did not answer a Close within close_timeout.",
+            st.close_timeouts,
+        ),
+        (
+            "wsd_slow_consumer_closes_total",
+            "counter",
+            "Connections closed with 1008 because they read too slowly.",
+            st.slow_consumer_closes,
+        ),
+        (
+            "wsd_draining",
+            "gauge",
+            "1 while a drain is in progress.",
+            u64::from(s.draining),
+        ),
+        (
+            "wsd_drain_pending_closes",
+            "gauge",
+            "Connections of a paced drain still waiting for their Close.",
+            s.drain_pending as u64,
+        ),
+    ];
+    for (name, kind, help, value) in single {
+        metric(name, kind, help, &[(String::new(), value)]);
+    }
     let rejected: Vec<_> = st
         .rejected
         .iter()
@@ -116,36 +175,6 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Handshakes answered with an HTTP error, by status.",
         &rejected,
     );
-    metric(
-        "wsd_handshake_timeouts_total",
-        "counter",
-        "Handshakes not completed within handshake_timeout.",
-        &one(st.handshake_timeouts),
-    );
-    metric(
-        "wsd_messages_received_total",
-        "counter",
-        "WebSocket messages received.",
-        &one(st.messages_received),
-    );
-    metric(
-        "wsd_messages_sent_total",
-        "counter",
-        "WebSocket messages sent.",
-        &one(st.messages_sent),
-    );
-    metric(
-        "wsd_received_bytes_total",
-        "counter",
-        "Bytes read from WebSocket connections.",
-        &one(st.received_bytes),
-    );
-    metric(
-        "wsd_sent_bytes_total",
-        "counter",
-        "Bytes written to WebSocket connections.",
-        &one(st.sent_bytes),
-    );
     let closes: Vec<_> = st
         .closes
         .iter()
@@ -156,30 +185,6 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Closing handshakes by the side that started them and the code it sent (1005: none; 1006: no Close at all).",
         &closes,
-    );
-    metric(
-        "wsd_close_timeouts_total",
-        "counter",
-        "Connections dropped because the peer did not answer a Close within close_timeout.",
-        &one(st.close_timeouts),
-    );
-    metric(
-        "wsd_slow_consumer_closes_total",
-        "counter",
-        "Connections closed because they read too slowly.",
-        &one(st.slow_consumer_closes),
-    );
-    metric(
-        "wsd_draining",
-        "gauge",
-        "1 while a drain is in progress.",
-        &one(u64::from(s.draining)),
-    );
-    metric(
-        "wsd_drain_pending_closes",
-        "gauge",
-        "Connections of a paced drain still waiting for their Close.",
-        &one(s.drain_pending as u64),
     );
     out
 }
