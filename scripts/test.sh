@@ -8,6 +8,10 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+# The README's first command, exactly as written: it must start wsd, listen, echo and drain.
+echo "== README: the first command starts the daemon"
+bash scripts/readme-check.sh
+
 # First, as it installs Debian's systemd when missing: the socket-activation test also uses
 # its systemd-socket-activate.
 echo "== systemd units: systemd-analyze verify and the security rating"
