@@ -644,3 +644,156 @@ fn frame_into(arena: &mut Vec<u8>, message: Message<'_>) -> (usize, usize) {
 fn conn_key(conn: ConnId) -> u32 {
     u32::try_from(conn.0).unwrap_or(TOMB - 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flushes and returns, per connection, the payloads it was handed (frames decoded by
+    /// stripping the 2-byte header of short server frames), with `bound` frames accepted each.
+    fn flush(hub: &mut Hub, bound: usize) -> Vec<(usize, Vec<String>)> {
+        let mut got = Vec::new();
+        hub.flush(|id, slices| {
+            let take = slices.len().min(bound);
+            let texts = slices[..take]
+                .iter()
+                .map(|s| String::from_utf8(s[2..].to_vec()).unwrap())
+                .collect();
+            got.push((id.0, texts));
+            Delivered {
+                queued: take,
+                dropped: slices.len() - take,
+            }
+        });
+        got.sort();
+        got
+    }
+
+    fn text(s: &str) -> Message<'_> {
+        Message::Text(s)
+    }
+
+    #[test]
+    fn a_publication_reaches_exactly_its_channels_subscribers_in_order() {
+        let mut hub = Hub::default();
+        for c in 0..3 {
+            hub.subscribe(ConnId(c), "news").unwrap();
+        }
+        hub.subscribe(ConnId(3), "sport").unwrap();
+        let t1 = hub.publish("news", text("n1"));
+        hub.publish("sport", text("s1"));
+        let t2 = hub.publish("news", text("n2"));
+        assert_eq!(hub.publish("nobody", text("x")), Ticket::Done(0));
+        let got = flush(&mut hub, usize::MAX);
+        let news = vec!["n1".to_string(), "n2".to_string()];
+        assert_eq!(
+            got,
+            vec![
+                (0, news.clone()),
+                (1, news.clone()),
+                (2, news),
+                (3, vec!["s1".to_string()])
+            ]
+        );
+        assert_eq!((hub.delivered(t1), hub.delivered(t2)), (3, 3));
+        assert_eq!(hub.counts().deliveries, 7);
+        assert_eq!(hub.counts().publications, 4);
+        assert!(hub.is_idle());
+    }
+
+    #[test]
+    fn several_channels_and_direct_sends_merge_in_publication_order() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(7), "a").unwrap();
+        hub.subscribe(ConnId(7), "b").unwrap();
+        hub.subscribe(ConnId(8), "b").unwrap();
+        hub.publish("a", text("a1"));
+        hub.send(ConnId(7), text("d1"));
+        hub.publish("b", text("b1"));
+        hub.publish("a", text("a2"));
+        let got = flush(&mut hub, usize::MAX);
+        assert_eq!(
+            got[0],
+            (7, vec!["a1".into(), "d1".into(), "b1".into(), "a2".into()])
+        );
+        assert_eq!(got[1], (8, vec!["b1".to_string()]));
+        assert_eq!(hub.channels_of(ConnId(7)).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn joining_mid_turn_gets_only_later_publications_and_leaving_gets_none() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(1), "c").unwrap();
+        hub.subscribe(ConnId(2), "c").unwrap();
+        hub.publish("c", text("before"));
+        hub.subscribe(ConnId(3), "c").unwrap();
+        assert!(hub.unsubscribe(ConnId(1), "c"));
+        hub.publish("c", text("after"));
+        let got = flush(&mut hub, usize::MAX);
+        assert_eq!(
+            got,
+            vec![
+                (2, vec!["before".into(), "after".into()]),
+                (3, vec!["after".to_string()])
+            ]
+        );
+        // The tombstone is compacted away and positions stay right for later removals.
+        assert_eq!(hub.subscribers("c"), 2);
+        hub.remove_conn(ConnId(2));
+        hub.publish("c", text("x"));
+        assert_eq!(
+            flush(&mut hub, usize::MAX),
+            vec![(3, vec!["x".to_string()])]
+        );
+        hub.remove_conn(ConnId(3));
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.subscription_count(), 0);
+    }
+
+    #[test]
+    fn drops_are_counted_and_a_closed_conn_gets_nothing() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(1), "c").unwrap();
+        hub.subscribe(ConnId(2), "c").unwrap();
+        hub.send(ConnId(2), text("direct"));
+        for i in 0..5 {
+            hub.publish("c", text(&i.to_string()));
+        }
+        hub.remove_conn(ConnId(2));
+        let got = flush(&mut hub, 2);
+        assert_eq!(got, vec![(1, vec!["0".into(), "1".into()])]);
+        assert_eq!(hub.counts().dropped, 3);
+        assert_eq!(hub.counts().deliveries, 2);
+    }
+
+    #[test]
+    fn swap_remove_keeps_every_position_right() {
+        let mut hub = Hub::default();
+        for c in 0..50 {
+            hub.subscribe(ConnId(c), "c").unwrap();
+            hub.subscribe(ConnId(c), "d").unwrap();
+        }
+        for c in (0..50).step_by(3) {
+            assert!(hub.unsubscribe(ConnId(c), "c"));
+        }
+        for c in (1..50).step_by(3) {
+            hub.remove_conn(ConnId(c));
+        }
+        // Every remaining record points at its own slot.
+        for (key, r) in hub.records.iter().enumerate() {
+            for s in r.subs.as_slice() {
+                assert_eq!(
+                    hub.channels[s.channel as usize].subs[s.pos as usize],
+                    key as u32
+                );
+            }
+        }
+        assert_eq!(hub.subscribers("c"), 50 - 17 - 17);
+        assert_eq!(hub.subscribers("d"), 50 - 17);
+        assert_eq!(hub.subscribe(ConnId(2), "d"), Ok(false));
+        assert_eq!(
+            hub.subscribe(ConnId(2), "bad name"),
+            Err(ChannelError::InvalidName)
+        );
+    }
+}

@@ -581,3 +581,16 @@ impl Wsd {
         lines.iter().filter(|l| l.contains(needle)).count()
     }
 }
+
+/// The Python of the tests' virtualenv (Python `websockets`), created by
+/// `scripts/test-venv.sh` on first use.
+pub fn test_python() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-venv.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/test-venv.sh");
+    assert!(out.status.success(), "scripts/test-venv.sh failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
