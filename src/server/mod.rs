@@ -362,7 +362,10 @@ impl<H: Handler> EventLoop<H> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notify.ready(Instant::now(), self.counted);
         loop {
-            let timeout = if self.read_queue.is_empty() && self.jobs.is_empty() {
+            // Work left for the next turn (reads over budget, jobs, publications made by a
+            // handler's on_close during the last fan-out) means no sleeping.
+            let busy = !self.read_queue.is_empty() || !self.jobs.is_empty() || !self.hub.is_idle();
+            let timeout = if !busy {
                 self.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
