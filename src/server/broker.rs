@@ -132,6 +132,9 @@ enum State {
     },
     /// Connected (or connecting) and waiting for both links to answer a PING.
     Connecting,
+    /// Subscribing every channel again; publications wait for this to finish (else one could
+    /// be accepted before this instance hears its channel again, and be lost for it).
+    Subscribing,
     Up,
 }
 
@@ -267,7 +270,7 @@ impl Broker {
             match self.shards[i].state {
                 State::Down { retry_at } if retry_at <= now => self.connect(i, now, registry),
                 State::Down { .. } => {}
-                State::Connecting | State::Up => {
+                State::Connecting | State::Subscribing | State::Up => {
                     let timeout = self.timeout;
                     let s = &mut self.shards[i];
                     let late = [&s.commands, &s.subs]
@@ -377,7 +380,7 @@ impl Broker {
             batch[redis::shard_of(&channel, n)].push((on, format!("{}{channel}", self.prefix)));
         }
         for (i, cmds) in batch.into_iter().enumerate() {
-            if self.shards[i].state != State::Up {
+            if !matches!(self.shards[i].state, State::Up | State::Subscribing) {
                 continue; // The reconnect subscribes what is wanted then.
             }
             // Consecutive changes of the same kind go in one command.
@@ -479,15 +482,21 @@ impl Broker {
         s.resubscribing = names.len();
         s.resubscribe_started = Some(now);
         if s.logged_down || s.reconnects > 0 {
-            log::info!("broker {}: up; subscribing {} channels", s.url, names.len());
+            log::info!(
+                "broker {}: connected; subscribing {} channels",
+                s.url,
+                names.len()
+            );
         }
-        s.state = State::Up;
+        s.state = if names.is_empty() {
+            s.resubscribe_started = None;
+            State::Up
+        } else {
+            State::Subscribing
+        };
         s.backoff = BACKOFF_START;
         s.logged_down = false;
         s.reconnects += 1;
-        if names.is_empty() {
-            s.resubscribe_started = None;
-        }
     }
 
     fn read_replies(&mut self, i: usize, now: Instant) -> Result<(), String> {
@@ -537,6 +546,7 @@ impl Broker {
                     if s.resubscribing > 0 {
                         s.resubscribing -= 1;
                         if s.resubscribing == 0 {
+                            s.state = State::Up;
                             if let Some(t) = s.resubscribe_started.take() {
                                 s.resubscribe_seconds = now.duration_since(t).as_secs_f64();
                                 log::info!(
