@@ -211,7 +211,7 @@ fn redis_faults_keep_every_client_connected() {
     // Absent at start: wsd starts, serves its clients, and fails publications loudly.
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let i = instance("127.0.0.1:0", &[url.clone()], &[]);
+    let i = instance("127.0.0.1:0", std::slice::from_ref(&url), &[]);
     let metrics = i.wsd.metrics_addr();
     let up = || {
         scrape(metrics)
