@@ -12,7 +12,9 @@ mod conn;
 mod drain;
 mod metrics;
 mod notify;
+mod reload;
 mod timers;
+mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -45,7 +47,9 @@ use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use drain::Pacer;
 use metrics::{Metrics, Side, Stats};
 use notify::Notifier;
+use reload::{Origin, Reload, RELOAD};
 use timers::Wheel;
+use upgrade::Handover;
 
 /// The [`Context`] a connection is served with. A macro rather than a method because it borrows
 /// fields of the loop beside `self.conns`, where the connection itself is borrowed from.
@@ -152,6 +156,8 @@ pub struct Server {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     api: Option<TcpListener>,
+    /// Connections handed over by the process this one replaces (a live upgrade).
+    handover: Option<Handover>,
 }
 
 impl Server {
@@ -169,7 +175,15 @@ impl Server {
 
     /// Serves the listening sockets systemd passed in (socket activation), binding the
     /// addresses of `config` for those it did not pass.
+    ///
+    /// Started by a live upgrade (`WSD_UPGRADE_FD`), it takes the listening sockets and every
+    /// connection from the process it replaces instead.
     pub fn start(config: Config) -> io::Result<Server> {
+        if let Some(handover) = upgrade::take_over().map_err(|e| {
+            io::Error::other(format!("live upgrade: {e}; the old process keeps serving"))
+        })? {
+            return Server::from_handover(config, handover);
+        }
         let inherited = activation::take()?;
         let metrics = inherited.metrics.map(nonblocking).transpose()?;
         let api = inherited.api.map(nonblocking).transpose()?;
@@ -178,6 +192,35 @@ impl Server {
             None => bind(config.listen, config.listen_backlog, config.reuse_port)?,
         };
         Server::new(config, listener, metrics, api)
+    }
+
+    /// Serves what the replaced process handed over: its listeners and connections.
+    fn from_handover(config: Config, mut handover: Handover) -> io::Result<Server> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let mut fds = std::mem::take(&mut handover.fds).into_iter();
+        let mut next_listener = || -> io::Result<TcpListener> {
+            let fd = fds
+                .next()
+                .ok_or_else(|| io::Error::other("missing listener"))?;
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            nonblocking(l)
+        };
+        let listener = next_listener()?;
+        let metrics = handover
+            .state
+            .has_metrics
+            .then(&mut next_listener)
+            .transpose()?;
+        let api = handover
+            .state
+            .has_api
+            .then(&mut next_listener)
+            .transpose()?;
+        handover.fds = fds.collect();
+        let mut server = Server::new(config, listener, metrics, api)?;
+        server.handover = Some(handover);
+        Ok(server)
     }
 
     /// Binds what was not passed in, and makes the poll and the publishers' queue.
@@ -204,6 +247,7 @@ impl Server {
             listener,
             metrics,
             api,
+            handover: None,
         })
     }
 
@@ -314,6 +358,9 @@ struct EventLoop<H> {
     broker: Option<Broker>,
     /// A drain waiting for the broker's barrier before its Close frames, until this deadline.
     drain_barrier: Option<Instant>,
+    /// A live upgrade in progress, and what the new process is started as.
+    reload: Option<Reload>,
+    origin: Origin,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -325,10 +372,11 @@ impl<H: Handler> EventLoop<H> {
             mut listener,
             metrics,
             api,
+            handover,
         } = server;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         log::info!(
@@ -383,12 +431,73 @@ impl<H: Handler> EventLoop<H> {
             hub,
             broker,
             drain_barrier: None,
+            reload: None,
+            origin: Origin::of_this_process(),
             handler_timer: None,
             queue,
             jobs: Vec::new(),
             touched: Vec::new(),
             api,
         })
+        .map(|mut event_loop| {
+            if let Some(h) = handover {
+                event_loop.resume(h);
+            }
+            event_loop
+        })
+    }
+
+    /// Installs the connections a live upgrade handed over, each where it stood.
+    fn resume(&mut self, handover: Handover) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let Handover { state, fds } = handover;
+        let now_ms = self.now_ms();
+        let mut fds = fds.into_iter();
+        let (mut moved, mut lost) = (0, 0);
+        for st in state.conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let mut sock = TcpStream::from_std(std_sock);
+            let entry = self.conns.vacant_entry();
+            let id = ConnId(entry.key());
+            let registered = self.poll.registry().register(
+                &mut sock,
+                Token(id.0),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            let remaining = st.remaining_ms.map(Duration::from_millis);
+            let channels = st.channels.clone();
+            let conn = registered
+                .ok()
+                .and_then(|()| Conn::import(sock, &self.config, st, now_ms));
+            let Some(conn) = conn else {
+                lost += 1;
+                continue;
+            };
+            if conn.counted {
+                self.counted += 1;
+            }
+            if let Some(ip) = conn.ip {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+            }
+            entry.insert(conn);
+            if let Some(after) = remaining {
+                self.wheel.arm(id.0, self.now + after);
+            }
+            for name in channels {
+                let _ = self.hub.subscribe(id, &name);
+            }
+            moved += 1;
+        }
+        for st in state.api_conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: as above.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let sock = TcpStream::from_std(std_sock);
+            let _ = self.api.import(sock, st, self.now, self.poll.registry());
+        }
+        log::info!("live upgrade: resumed {moved} connections ({lost} could not be restored)");
     }
 
     fn run(&mut self) -> io::Result<Exit> {
@@ -423,6 +532,7 @@ impl<H: Handler> EventLoop<H> {
                         }
                     }
                     WAKER => self.take_jobs(),
+                    RELOAD => self.serve_reload(),
                     token if metrics::owns(token) => self.serve_metrics(token),
                     token if api::owns(token) => self.serve_api(token),
                     token if broker::owns(token) => {
@@ -443,6 +553,7 @@ impl<H: Handler> EventLoop<H> {
             self.relay();
             self.fan_out();
             self.pass_drain_barrier();
+            self.advance_reload();
             self.expire_timers();
             self.send_paced_closes();
             self.fan_out();
@@ -470,6 +581,9 @@ impl<H: Handler> EventLoop<H> {
             self.handler_timer,
             self.broker.as_ref().and_then(Broker::next_deadline),
             self.drain_barrier,
+            self.reload
+                .as_ref()
+                .map(|_| self.now + Duration::from_millis(100)),
         ];
         let hook = hooks.into_iter().flatten().min();
         let hook = hook.map(|at| at.saturating_duration_since(now));
@@ -555,12 +669,21 @@ impl<H: Handler> EventLoop<H> {
     /// Returns true when this is a second signal and the loop must end at once.
     fn on_signals(&mut self) -> bool {
         let mut received = 0;
-        for signal in self.signals.pending() {
+        let mut reload = false;
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
             log::info!("received signal {signal}");
-            received += 1;
+            if signal == SIGUSR2 {
+                reload = true;
+            } else {
+                received += 1;
+            }
+        }
+        if reload {
+            self.start_reload();
         }
         if received == 0 {
-            return false; // A spurious wakeup.
+            return false; // A spurious wakeup, or a reload.
         }
         if self.drain.is_some() || received > 1 {
             return true;
@@ -570,6 +693,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn start_drain(&mut self) {
+        self.abort_reload("a drain began");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
