@@ -317,6 +317,10 @@ impl Client {
                     self.state = State::Open;
                     self.deadline = None;
                     outcome.opened = true;
+                    if let Check::Pubsub { slots, .. } = check {
+                        // Before the frames that came with the 101: they may be deliveries.
+                        self.expect = Some(Box::new(Expect::new(self.channel, slots)));
+                    }
                 }
                 Err(e) => {
                     outcome.end = Some(End::Handshake(e));
@@ -348,7 +352,7 @@ impl Client {
                     used += consumed;
                     match event {
                         Some(Event::Message(m)) if self.expect.is_some() => {
-                            if let (Check::Pubsub(payload), Some(expect)) =
+                            if let (Check::Pubsub { payload, .. }, Some(expect)) =
                                 (check, self.expect.as_deref_mut())
                             {
                                 deliver(payload, expect, &m, now, latency, &mut outcome.tally);
@@ -451,7 +455,11 @@ impl Client {
 #[derive(Clone, Copy)]
 pub enum Check<'a> {
     Echo(&'a Template),
-    Pubsub(&'a Payload),
+    /// Deliveries of `payload`s from `slots` publishers per channel.
+    Pubsub {
+        payload: &'a Payload,
+        slots: usize,
+    },
 }
 
 /// Checks one pubsub delivery into `tally`, and times it when it is in order.

@@ -19,7 +19,7 @@ use wsd::protocol::Message;
 use crate::api::{self, ApiConn, ApiError, ApiState};
 use crate::cli::{Mode, Options, Publish};
 use crate::client::{self, Check, Client, End, State, Template};
-use crate::payload::{Expect, Header, Payload};
+use crate::payload::{Header, Payload};
 use crate::report::Stats;
 use crate::sys;
 
@@ -991,13 +991,13 @@ impl Worker {
         let c = &mut self.clients[i];
         let was_open = c.state == State::Open;
         let check = match &self.payload {
-            Some(p) => Check::Pubsub(p),
+            Some(payload) => Check::Pubsub {
+                payload,
+                slots: self.opts.slots(),
+            },
             None => Check::Echo(&self.template),
         };
         let r = c.read_ready(check, &mut self.stats.latency, to_eof);
-        if r.opened && self.opts.mode == Mode::Pubsub {
-            c.expect = Some(Box::new(Expect::new(c.channel, self.opts.slots())));
-        }
         let (started, quota) = (c.started, c.quota);
         let now = Instant::now();
         if r.opened {
