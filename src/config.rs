@@ -46,6 +46,25 @@ pub struct Config {
     pub drain_spread: Duration,
     /// Address of the Prometheus `/metrics` endpoint; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// What the daemon does with messages: echo them, or publish/subscribe on channels.
+    pub mode: Mode,
+    /// pubsub: most channels one connection may subscribe to in its handshake.
+    pub max_channels_per_connection: usize,
+    /// pubsub: whether a client's message is published to its path channel (else Close 1008).
+    pub client_publish: bool,
+    /// Address of the HTTP publish API; `None` serves none.
+    pub api_listen: Option<SocketAddr>,
+    /// Bearer token every API request must carry; empty: none needed.
+    pub api_token: String,
+}
+
+/// What the daemon does with messages (`mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every message goes back to its sender.
+    Echo,
+    /// Clients subscribe to channels by path; publications reach every subscriber.
+    PubSub,
 }
 
 /// One setting: its name, default, one-line doc, value kind, and how to set it from text.
@@ -71,6 +90,8 @@ pub enum Kind {
     /// A TOML array of strings (`["https://a.example", "https://b.example"]`), or one string
     /// with the items separated by commas as on the command line.
     List,
+    /// A TOML boolean (`client_publish = true`); `true`/`false` on the command line.
+    Bool,
 }
 
 impl Kind {
@@ -85,6 +106,7 @@ impl Kind {
             (Kind::Size | Kind::Duration | Kind::Text | Kind::List, Value::String(s)) => {
                 Ok(s.clone())
             }
+            (Kind::Bool, Value::Boolean(b)) => Ok(b.to_string()),
             (Kind::List, Value::Array(items)) => {
                 let items: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
                 match items {
@@ -108,6 +130,7 @@ impl Kind {
             Kind::Duration => "a string like \"5s\" or \"250ms\"",
             Kind::Text => "a string",
             Kind::List => "an array of strings",
+            Kind::Bool => "true or false",
         }
     }
 }
@@ -326,7 +349,77 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "mode",
+        default: "echo",
+        doc: "echo: every message goes back to its sender; pubsub: clients subscribe to channels by path",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.mode = match v.trim() {
+                "echo" => Mode::Echo,
+                "pubsub" => Mode::PubSub,
+                _ => return Err(format!("{v:?} is neither echo nor pubsub")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "max_channels_per_connection",
+        default: "16",
+        doc: "pubsub: most channels a connection subscribes to (path + channel= parameters); more get HTTP 400",
+        kind: Kind::Count,
+        apply: |c, v| {
+            c.max_channels_per_connection = parse_count(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "client_publish",
+        default: "false",
+        doc: "pubsub: publish a client's messages to its path channel (sender included); false closes it with 1008",
+        kind: Kind::Bool,
+        apply: |c, v| {
+            c.client_publish = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "api_listen",
+        default: "off",
+        doc: "address and port of the HTTP publish API (POST /publish/CHANNEL, GET /channels, GET /metrics), or off",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.api_listen = match v.trim() {
+                "off" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    format!("{v:?} is neither off nor an address like 127.0.0.1:9002")
+                })?),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "api_token",
+        default: "",
+        doc: "bearer token every API request must carry (Authorization: Bearer TOKEN); empty: none",
+        kind: Kind::Text,
+        apply: |c, v| {
+            if v.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err("must be printable ASCII without spaces".to_string());
+            }
+            c.api_token = v.to_string();
+            Ok(())
+        },
+    },
 ];
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{v:?} is neither true nor false")),
+    }
+}
 
 /// A setting that could not be applied; names the file (if it came from one), the setting and
 /// says what is wrong.
@@ -388,6 +481,11 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             drain_spread: Duration::ZERO,
             metrics_listen: None,
+            mode: Mode::Echo,
+            max_channels_per_connection: 0,
+            client_publish: false,
+            api_listen: None,
+            api_token: String::new(),
         };
         for s in SETTINGS {
             // The defaults are constants of this file; `tests::defaults_parse` proves them.
@@ -479,6 +577,20 @@ impl Config {
         if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(bad("metrics_listen", "must differ from listen"));
         }
+        if self.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(bad("max_connections", "must be at most 2147483647"));
+        }
+        if self.max_channels_per_connection == 0 {
+            return Err(bad("max_channels_per_connection", "must be at least 1"));
+        }
+        if let Some(api) = self.api_listen {
+            if api.port() != 0 && (api == self.listen || Some(api) == self.metrics_listen) {
+                return Err(bad(
+                    "api_listen",
+                    "must differ from listen and metrics_listen",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -508,6 +620,10 @@ impl Config {
         self.drain_spread + self.close_timeout
     }
 }
+
+/// Largest `max_connections`: connection keys are kept as 32-bit numbers by the channel
+/// registry.
+const MAX_CONNECTIONS_LIMIT: usize = i32::MAX as usize;
 
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -593,7 +709,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
 /// The `--help` text, generated from [`SETTINGS`].
 pub fn help() -> String {
     let mut text = String::from(
-        "wsd — a WebSocket (RFC 6455) echo server daemon with a graceful drain on SIGTERM\n\n\
+        "wsd — a WebSocket (RFC 6455) server daemon (echo, or pub/sub with an HTTP publish API) \
+         with a graceful drain on SIGTERM\n\n\
          Usage: wsd [--config PATH] [--check-config] [OPTIONS]\n\nOptions:\n  \
          --config PATH\n      read settings from this TOML file (see config/wsd.toml); \
          options given here override it\n  \
@@ -605,6 +722,7 @@ pub fn help() -> String {
             Kind::Size => "BYTES",
             Kind::Duration => "DUR",
             Kind::List => "LIST",
+            Kind::Bool => "true|false",
             Kind::Text if s.name.ends_with("listen") => "ADDR:PORT",
             Kind::Text => "TEXT",
         };

@@ -5,8 +5,13 @@
 //!   per-connection [`protocol::Session`]. Pure code over byte slices: no sockets, no clocks.
 //! - [`server`]: the single-threaded `mio` loop that owns every socket, timer and signal, and the
 //!   drain on SIGTERM.
-//! - [`handler`]: the [`Handler`] trait the loop calls for each connection's events, and the
-//!   built-in echo handler.
+//! - [`handler`]: the [`Handler`] trait the loop calls for each connection's events, its
+//!   [`handler::Ctx`] (send to any connection, subscribe, publish, close), and the built-in
+//!   echo and pub/sub handlers.
+//! - [`pubsub`]: channels and their subscribers, the fan-out of one loop turn (a publication
+//!   framed once, written to each subscriber as shared bytes), and [`Publisher`], the handle
+//!   other threads publish through.
+//! - [`conn_id`]: [`ConnId`], a connection's name.
 //! - [`config`]: every setting with its default, validation, the config file and the command
 //!   line.
 //! - [`logging`]: the logger (`RUST_LOG`), with journald priority prefixes under systemd.
@@ -14,10 +19,14 @@
 #![cfg_attr(test, deny(warnings))]
 
 pub mod config;
+pub mod conn_id;
 pub mod handler;
 pub mod logging;
 pub mod protocol;
+pub mod pubsub;
 pub mod rlimit;
 pub mod server;
 
-pub use handler::{Echo, Handler};
+pub use conn_id::ConnId;
+pub use handler::{Ctx, Echo, Handler, PubSub};
+pub use pubsub::Publisher;

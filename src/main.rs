@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use wsd::config::{self, Command};
+use wsd::config::{self, Command, Mode};
 use wsd::server::{Exit, Server};
 
 /// Exit code when the server could not start or failed while running.
@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
 
+    let config_mode = config.mode;
+    let pubsub = wsd::PubSub::new(&config);
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -52,7 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match server.run(wsd::Echo) {
+    let ran = match config_mode {
+        Mode::Echo => server.run(wsd::Echo),
+        Mode::PubSub => server.run(pubsub),
+    };
+    match ran {
         Ok(Exit::Drained(_)) => ExitCode::SUCCESS,
         Ok(Exit::Aborted) => ExitCode::from(EXIT_FAILURE),
         Err(e) => {

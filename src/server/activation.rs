@@ -2,7 +2,8 @@
 //!
 //! When `$LISTEN_PID` is our pid and `$LISTEN_FDS` ≥ 1, wsd serves the inherited sockets
 //! instead of binding. With `$LISTEN_FDNAMES` (`FileDescriptorName=` in the socket unit), the
-//! socket named `metrics` serves `/metrics` and the one named `wsd` or `websocket` serves
+//! socket named `metrics` serves `/metrics`, the one named `api` the publish API, and the one
+//! named `wsd` or `websocket` serves
 //! WebSocket clients; an unnamed socket (or one with any other name) serves WebSocket clients
 //! when it is the only candidate. The three variables are removed from the environment once read.
 
@@ -15,12 +16,15 @@ pub const LISTEN_FDS_START: RawFd = 3;
 pub const WEBSOCKET_NAMES: [&str; 2] = ["wsd", "websocket"];
 /// Name of the socket that serves metrics.
 pub const METRICS_NAME: &str = "metrics";
+/// Name of the socket that serves the publish API.
+pub const API_NAME: &str = "api";
 
 /// The listening sockets systemd passed in, by role.
 #[derive(Debug)]
 pub struct Inherited<T = std::net::TcpListener> {
     pub websocket: Option<T>,
     pub metrics: Option<T>,
+    pub api: Option<T>,
 }
 
 impl<T> Default for Inherited<T> {
@@ -28,6 +32,7 @@ impl<T> Default for Inherited<T> {
         Inherited {
             websocket: None,
             metrics: None,
+            api: None,
         }
     }
 }
@@ -79,6 +84,8 @@ fn assign<T>(sockets: Vec<(String, T)>) -> io::Result<Inherited<T>> {
     for (name, sock) in sockets {
         let slot = if name == METRICS_NAME {
             &mut roles.metrics
+        } else if name == API_NAME {
+            &mut roles.api
         } else if WEBSOCKET_NAMES.contains(&name.as_str()) {
             &mut roles.websocket
         } else {
@@ -100,8 +107,8 @@ fn too_many(names: &[String]) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!(
             "socket activation passed more sockets than wsd serves (around {names:?}): wsd \
-             serves one WebSocket socket (FileDescriptorName=wsd) and one metrics socket \
-             (FileDescriptorName=metrics)"
+             serves one WebSocket socket (FileDescriptorName=wsd), one metrics socket \
+             (FileDescriptorName=metrics) and one publish API socket (FileDescriptorName=api)"
         ),
     )
 }

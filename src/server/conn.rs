@@ -1,19 +1,21 @@
 //! One connection's socket, buffers and phase, and the IO steps the loop runs on it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use crate::config::Config;
-use crate::handler::{Handler, Reply};
+use crate::handler::{Ctx, Current, Handler};
 use crate::protocol::close::CloseState;
 use crate::protocol::handshake::{self, Reject};
 use crate::protocol::session::Input;
 use crate::protocol::{CloseCode, Event, Role, Session};
+use crate::pubsub::{Delivered, Hub};
 
 use super::metrics::{Side, Stats};
-use super::ConnId;
+use crate::conn_id::ConnId;
 
 /// Where a connection is in its life; the WebSocket close states live in its [`Session`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +115,29 @@ pub struct Context<'a> {
     pub now_ms: u32,
     pub scratch: &'a mut Scratch,
     pub stats: &'a mut Stats,
+    /// Channels and the turn's publications, for the handler's [`Ctx`].
+    pub hub: &'a mut Hub,
+    /// The handler's timer, for [`Ctx::set_timer`].
+    pub handler_timer: &'a mut Option<Instant>,
+    pub now: Instant,
 }
+
+/// The handler's view of a [`Context`], with `$current` as the connection being served (a
+/// macro, so that it borrows only the fields it needs beside the output being written).
+macro_rules! handler_ctx {
+    ($cx:ident, $current:expr) => {
+        Ctx::new(
+            &mut *$cx.hub,
+            Some($current),
+            &mut *$cx.handler_timer,
+            $cx.now,
+            $cx.draining,
+        )
+    };
+}
+
+/// Most slices one `writev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
 
 pub struct Conn {
     pub sock: TcpStream,
@@ -317,11 +341,20 @@ impl Conn {
             match event {
                 Some(Event::Message(message)) => {
                     cx.stats.messages_received += 1;
-                    let mut reply = Reply::new(out, open);
-                    handler.on_message(cx.id, message, &mut reply);
-                    cx.stats.messages_sent += reply.sent();
-                    if let Some((code, reason)) = reply.close_request() {
-                        if self.session.close(code, reason, out) {
+                    let id = cx.id;
+                    let current = Current {
+                        id,
+                        out: &mut *out,
+                        can_send: open,
+                        sent: 0,
+                        close: None,
+                    };
+                    let mut ctx = handler_ctx!(cx, current);
+                    handler.on_message(&mut ctx, id, message);
+                    let (sent, close) = ctx.into_current().map_or((0, None), |c| (c.sent, c.close));
+                    cx.stats.messages_sent += sent;
+                    if let Some((code, reason)) = close {
+                        if self.session.close(code, &reason, out) {
                             cx.stats.closed(Side::Server, code.0);
                         }
                     }
@@ -349,15 +382,33 @@ impl Conn {
             Ok(None) => return None,
             Ok(Some(_)) if cx.draining => Err(Reject::Unavailable),
             Ok(Some(req)) if !cx.config.origin_allowed(req.origin) => Err(Reject::Forbidden),
-            Ok(Some(req)) => Ok(req),
+            Ok(Some(req)) => handler.accept(req.path).map(|()| req),
             Err(reject) => Err(reject),
         };
         match request {
             Ok(req) => {
-                handshake::write_accept(req.key, &mut cx.scratch.cork);
+                let mut cork = std::mem::take(&mut cx.scratch.cork);
+                handshake::write_accept(req.key, &mut cork);
                 self.phase = Phase::Open;
                 log::debug!("{}: open {}", cx.id, req.path);
-                handler.on_open(cx.id, req.path);
+                let id = cx.id;
+                let current = Current {
+                    id,
+                    out: &mut cork,
+                    can_send: true,
+                    sent: 0,
+                    close: None,
+                };
+                let mut ctx = handler_ctx!(cx, current);
+                handler.on_open(&mut ctx, id, req.path);
+                let (sent, close) = ctx.into_current().map_or((0, None), |c| (c.sent, c.close));
+                cx.stats.messages_sent += sent;
+                if let Some((code, reason)) = close {
+                    if self.session.close(code, &reason, &mut cork) {
+                        cx.stats.closed(Side::Server, code.0);
+                    }
+                }
+                cx.scratch.cork = cork;
                 Some(req.head_len)
             }
             Err(reject) => {
@@ -436,6 +487,60 @@ impl Conn {
         self.flush_cork(cx);
     }
 
+    /// Queues the leading `slices` (whole frames of the turn's fan-out) that fit within
+    /// `max_out`: written with one `writev` when nothing else is pending, and only what the
+    /// socket does not take copied to the connection's own buffer. A frame the socket took in
+    /// part is always kept whole; frames past the bound are dropped (and the connection paused,
+    /// which arms its slow-consumer timer).
+    pub fn deliver(
+        &mut self,
+        slices: &[IoSlice<'_>],
+        max_out: usize,
+        pool: &mut BufPool,
+        stats: &mut Stats,
+    ) -> Delivered {
+        let mut d = Delivered::default();
+        if self.phase != Phase::Open || !self.session.close_state().can_send() || self.gone {
+            return d;
+        }
+        let mut rest = slices;
+        if !self.has_output() {
+            let written = writev_some(&mut self.sock, slices, &mut self.gone);
+            stats.sent_bytes += written as u64;
+            let mut left = written;
+            while let Some((first, tail)) = rest.split_first() {
+                if left < first.len() {
+                    break;
+                }
+                left -= first.len();
+                rest = tail;
+                d.queued += 1;
+            }
+            if let (Some((partial, tail)), true) = (rest.split_first(), left > 0) {
+                self.out = pool.take();
+                self.out_pos = 0;
+                self.out.extend_from_slice(&partial[left..]);
+                rest = tail;
+                d.queued += 1;
+            }
+        }
+        for (i, frame) in rest.iter().enumerate() {
+            if self.queued() + frame.len() > max_out {
+                d.dropped = rest.len() - i;
+                self.paused = true;
+                break;
+            }
+            if !self.has_output() && self.out.capacity() == 0 {
+                self.out = pool.take();
+                self.out_pos = 0;
+            }
+            self.out.extend_from_slice(frame);
+            d.queued += 1;
+        }
+        stats.messages_sent += d.queued as u64;
+        d
+    }
+
     /// Shuts down our sending side once all output is out (Closing phase).
     pub fn shut_down_when_flushed(&mut self) {
         if let Phase::Closing { shut_down: false } = self.phase {
@@ -463,6 +568,49 @@ fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
     let mut written = 0;
     while written < buf.len() {
         match sock.write(&buf[written..]) {
+            Ok(0) => {
+                *gone = true;
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                *gone = true;
+                break;
+            }
+        }
+    }
+    written
+}
+
+/// Writes as much of `slices` as the socket takes (one `writev` when it takes them all);
+/// marks `gone` on a hard error.
+fn writev_some(sock: &mut TcpStream, slices: &[IoSlice<'_>], gone: &mut bool) -> usize {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let mut written = 0;
+    let mut iov: Vec<IoSlice<'_>> = Vec::new();
+    while written < total {
+        // The slices from `written` on: all of them on the first call (no copy of the list).
+        let view: &[IoSlice<'_>] = if written == 0 && slices.len() <= IOV_MAX {
+            slices
+        } else {
+            iov.clear();
+            let mut skip = written;
+            for s in slices {
+                if skip >= s.len() {
+                    skip -= s.len();
+                    continue;
+                }
+                iov.push(IoSlice::new(&s[skip..]));
+                skip = 0;
+                if iov.len() == IOV_MAX {
+                    break;
+                }
+            }
+            &iov
+        };
+        match sock.write_vectored(view) {
             Ok(0) => {
                 *gone = true;
                 break;

@@ -15,6 +15,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::handler::Handler;
+use crate::pubsub::hub::Counts;
 
 use super::EventLoop;
 
@@ -80,7 +81,37 @@ pub struct Snapshot<'a> {
     pub open: usize,
     pub draining: bool,
     pub drain_pending: usize,
+    pub pubsub: PubSubSnapshot<'a>,
 }
+
+/// The channels' part of a snapshot.
+#[derive(Default)]
+pub struct PubSubSnapshot<'a> {
+    pub channels: usize,
+    pub subscriptions: usize,
+    pub counts: Counts,
+    /// Publish API requests answered, by status.
+    pub api_requests: Option<&'a BTreeMap<u16, u64>>,
+}
+
+/// The [`Snapshot`] of a loop, from its fields (a macro so that it borrows only those fields).
+macro_rules! snapshot {
+    ($lp:ident) => {
+        $crate::server::metrics::Snapshot {
+            stats: &$lp.stats,
+            open: $lp.counted,
+            draining: $lp.drain.is_some(),
+            drain_pending: $lp.pacer.len(),
+            pubsub: $crate::server::metrics::PubSubSnapshot {
+                channels: $lp.hub.channel_count(),
+                subscriptions: $lp.hub.subscription_count(),
+                counts: $lp.hub.counts(),
+                api_requests: Some(&$lp.api.requests),
+            },
+        }
+    };
+}
+pub(crate) use snapshot;
 
 /// The Prometheus text exposition format (version 0.0.4) of a snapshot.
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -161,8 +192,53 @@ pub fn render(s: &Snapshot<'_>) -> String {
             s.drain_pending as u64,
         ),
     ];
-    for (name, kind, help, value) in single {
+    let ps = &s.pubsub;
+    let pubsub: [(&str, &str, &str, u64); 5] = [
+        (
+            "wsd_channels",
+            "gauge",
+            "Channels with at least one local subscriber.",
+            ps.channels as u64,
+        ),
+        (
+            "wsd_subscriptions",
+            "gauge",
+            "Subscriptions of open connections to channels.",
+            ps.subscriptions as u64,
+        ),
+        (
+            "wsd_publications_total",
+            "counter",
+            "Publications (API, clients, handlers and other threads).",
+            ps.counts.publications,
+        ),
+        (
+            "wsd_deliveries_total",
+            "counter",
+            "Publications and direct sends queued for a connection.",
+            ps.counts.deliveries,
+        ),
+        (
+            "wsd_deliveries_dropped_total",
+            "counter",
+            "Deliveries dropped because the subscriber's output was at max_output_buffer.",
+            ps.counts.dropped,
+        ),
+    ];
+    for (name, kind, help, value) in single.into_iter().chain(pubsub) {
         metric(name, kind, help, &[(String::new(), value)]);
+    }
+    if let Some(requests) = ps.api_requests {
+        let requests: Vec<_> = requests
+            .iter()
+            .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n))
+            .collect();
+        metric(
+            "wsd_api_requests_total",
+            "counter",
+            "Publish API requests answered, by status (503: publications refused while draining).",
+            &requests,
+        );
     }
     let rejected: Vec<_> = st
         .rejected
@@ -355,12 +431,7 @@ impl<H: Handler> EventLoop<H> {
         if token == METRICS {
             return self.metrics.accept(self.now, registry);
         }
-        let snapshot = Snapshot {
-            stats: &self.stats,
-            open: self.counted,
-            draining: self.drain.is_some(),
-            drain_pending: self.pacer.len(),
-        };
+        let snapshot = snapshot!(self);
         self.metrics
             .serve(token.0 - SCRAPES_START, registry, || render(&snapshot));
     }
@@ -402,6 +473,7 @@ mod tests {
             open: 2,
             draining: true,
             drain_pending: 1,
+            pubsub: PubSubSnapshot::default(),
         });
         assert!(text.contains("wsd_connections_open 2\n"), "{text}");
         assert!(text.contains("wsd_connections_accepted_total 3\n"));

@@ -6,6 +6,7 @@
 //! drain).
 
 mod activation;
+mod api;
 mod conn;
 mod drain;
 mod metrics;
@@ -16,20 +17,26 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::handler::Handler;
+use crate::handler::{Ctx, Handler};
 use crate::protocol::close::CloseState;
 use crate::protocol::handshake::Reject;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Message};
+use crate::pubsub::remote::Queue;
+use crate::pubsub::{Hub, Job, Publisher};
 
+pub use crate::conn_id::ConnId;
+
+use api::Api;
 use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use drain::Pacer;
 use metrics::{Metrics, Side, Stats};
@@ -47,7 +54,24 @@ macro_rules! context {
             now_ms: loop_ms($lp.started, $lp.now),
             scratch: &mut $lp.scratch,
             stats: &mut $lp.stats,
+            hub: &mut $lp.hub,
+            handler_timer: &mut $lp.handler_timer,
+            now: $lp.now,
         }
+    };
+}
+
+/// The handler's [`Ctx`] outside any connection (closes, wake-ups, timers); a macro for the
+/// same reason as `context!`.
+macro_rules! loop_ctx {
+    ($lp:ident) => {
+        Ctx::new(
+            &mut $lp.hub,
+            None,
+            &mut $lp.handler_timer,
+            $lp.now,
+            $lp.drain.is_some(),
+        )
     };
 }
 
@@ -72,16 +96,12 @@ const READ_BUDGET: usize = 1;
 const EVENTS_CAPACITY: usize = 1024;
 /// Payload of the keep-alive Pings wsd sends.
 const PING_PAYLOAD: &[u8] = b"wsd";
-
-/// A connection's key in the slab; also its mio token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId(pub usize);
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conn#{}", self.0)
-    }
-}
+/// The token of the [`Waker`] other threads' [`Publisher`]s wake the loop with.
+const WAKER: Token = Token(usize::MAX - 9);
+/// Jobs a [`Publisher`] may queue before its calls fail with `Full`.
+pub const PUBLISH_QUEUE_CAPACITY: usize = 65_536;
+/// Jobs taken from the queue per loop turn, so other threads cannot starve the sockets.
+const JOBS_PER_TURN: usize = 4096;
 
 /// How the loop ended.
 #[derive(Debug)]
@@ -123,48 +143,63 @@ impl fmt::Display for DrainReport {
 /// A bound server, ready to run.
 pub struct Server {
     config: Config,
+    poll: Poll,
+    queue: Arc<Queue>,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    api: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds `config.listen` (and `config.metrics_listen` if set).
+    /// Binds `config.listen` (and `metrics_listen`, `api_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
         let listener = bind(config.listen, config.listen_backlog)?;
-        let metrics = bind_metrics(&config)?;
-        Ok(Server {
-            config,
-            listener,
-            metrics,
-        })
+        Server::new(config, listener, None, None)
     }
 
-    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`.
+    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`
+    /// and `api_listen`.
     pub fn from_listener(config: Config, listener: std::net::TcpListener) -> io::Result<Server> {
-        let metrics = bind_metrics(&config)?;
-        Ok(Server {
-            config,
-            listener: nonblocking(listener)?,
-            metrics,
-        })
+        Server::new(config, nonblocking(listener)?, None, None)
     }
 
     /// Serves the listening sockets systemd passed in (socket activation), binding the
     /// addresses of `config` for those it did not pass.
     pub fn start(config: Config) -> io::Result<Server> {
         let inherited = activation::take()?;
-        let metrics = match inherited.metrics {
-            Some(l) => Some(nonblocking(l)?),
-            None => bind_metrics(&config)?,
-        };
+        let metrics = inherited.metrics.map(nonblocking).transpose()?;
+        let api = inherited.api.map(nonblocking).transpose()?;
         let listener = match inherited.websocket {
             Some(l) => nonblocking(l)?,
             None => bind(config.listen, config.listen_backlog)?,
         };
+        Server::new(config, listener, metrics, api)
+    }
+
+    /// Binds what was not passed in, and makes the poll and the publishers' queue.
+    fn new(
+        config: Config,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        api: Option<TcpListener>,
+    ) -> io::Result<Server> {
+        let metrics = match metrics {
+            Some(l) => Some(l),
+            None => bind_side(config.metrics_listen)?,
+        };
+        let api = match api {
+            Some(l) => Some(l),
+            None => bind_side(config.api_listen)?,
+        };
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
         Ok(Server {
             config,
+            poll,
+            queue: Queue::new(PUBLISH_QUEUE_CAPACITY, Box::new(waker)),
             listener,
             metrics,
+            api,
         })
     }
 
@@ -172,21 +207,31 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The publish API's address, when it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle other threads publish, send and wake through (up to
+    /// [`PUBLISH_QUEUE_CAPACITY`] jobs queued).
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(Arc::clone(&self.queue))
+    }
+
     /// Runs the loop until a signal's drain completes.
     pub fn run<H: Handler>(self, handler: H) -> io::Result<Exit> {
-        let mut event_loop = EventLoop::new(self.config, self.listener, self.metrics, handler)?;
-        event_loop.run()
+        let queue = Arc::clone(&self.queue);
+        let result = EventLoop::new(self, handler).and_then(|mut l| l.run());
+        queue.close();
+        result
     }
 }
 
-/// Backlog of the metrics listener: scrapes come one at a time.
-const METRICS_BACKLOG: u32 = 16;
+/// Backlog of the metrics and API listeners: their clients are few.
+const SIDE_BACKLOG: u32 = 64;
 
-fn bind_metrics(config: &Config) -> io::Result<Option<TcpListener>> {
-    config
-        .metrics_listen
-        .map(|addr| bind(addr, METRICS_BACKLOG))
-        .transpose()
+fn bind_side(addr: Option<SocketAddr>) -> io::Result<Option<TcpListener>> {
+    addr.map(|addr| bind(addr, SIDE_BACKLOG)).transpose()
 }
 
 /// Binds a listening socket with our own backlog: `mio`'s `bind` uses std's 128, and a burst of
@@ -244,16 +289,28 @@ struct EventLoop<H> {
     metrics: Metrics,
     notify: Notifier,
     pacer: Pacer,
+    /// Channels, subscriptions and this turn's publications.
+    hub: Hub,
+    /// When the handler's timer fires ([`Ctx::set_timer`]).
+    handler_timer: Option<Instant>,
+    /// Jobs from other threads.
+    queue: Arc<Queue>,
+    jobs: Vec<Job>,
+    /// Connections the fan-out left needing a look (dropped deliveries, a failed write).
+    touched: Vec<ConnId>,
+    api: Api,
 }
 
 impl<H: Handler> EventLoop<H> {
-    fn new(
-        config: Config,
-        mut listener: TcpListener,
-        metrics: Option<TcpListener>,
-        handler: H,
-    ) -> io::Result<Self> {
-        let poll = Poll::new()?;
+    fn new(server: Server, handler: H) -> io::Result<Self> {
+        let Server {
+            config,
+            poll,
+            queue,
+            mut listener,
+            metrics,
+            api,
+        } = server;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
@@ -265,6 +322,7 @@ impl<H: Handler> EventLoop<H> {
             config.max_connections
         );
         let metrics = Metrics::new(metrics, poll.registry())?;
+        let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
         Ok(EventLoop {
             // Address space for every connection up front; pages are touched only as used.
@@ -291,6 +349,12 @@ impl<H: Handler> EventLoop<H> {
             metrics,
             notify: Notifier::from_env(),
             pacer: Pacer::default(),
+            hub: Hub::default(),
+            handler_timer: None,
+            queue,
+            jobs: Vec::new(),
+            touched: Vec::new(),
+            api,
         })
     }
 
@@ -298,7 +362,7 @@ impl<H: Handler> EventLoop<H> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notify.ready(Instant::now(), self.counted);
         loop {
-            let timeout = if self.read_queue.is_empty() {
+            let timeout = if self.read_queue.is_empty() && self.jobs.is_empty() {
                 self.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -322,7 +386,9 @@ impl<H: Handler> EventLoop<H> {
                             return Ok(Exit::Aborted);
                         }
                     }
+                    WAKER => self.take_jobs(),
                     token if metrics::owns(token) => self.serve_metrics(token),
+                    token if api::owns(token) => self.serve_api(token),
                     token => {
                         let to_eof = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || to_eof;
@@ -331,9 +397,14 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
             self.continue_reads();
+            self.run_jobs();
+            self.fire_handler_timer();
+            self.fan_out();
             self.expire_timers();
             self.send_paced_closes();
+            self.fan_out();
             self.metrics.expire(self.now, self.poll.registry());
+            self.api.expire(self.now, self.poll.registry());
             if let Some(drain) = &mut self.drain {
                 if self.conns.is_empty() {
                     drain.report.duration = drain.started.elapsed();
@@ -351,7 +422,9 @@ impl<H: Handler> EventLoop<H> {
         let hooks = [
             self.pacer.next(),
             self.metrics.next_deadline(),
+            self.api.next_deadline(),
             self.notify.next_wakeup(),
+            self.handler_timer,
         ];
         let hook = hooks.into_iter().flatten().min();
         let hook = hook.map(|at| at.saturating_duration_since(now));
@@ -455,6 +528,9 @@ impl<H: Handler> EventLoop<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.api.stop_accepting(self.poll.registry());
+        // What was published before the signal goes out before any Close.
+        self.fan_out();
         let spread = self.config.drain_spread;
         log::info!(
             "draining {} connections (close timeout {:?}, spread {:?})",
@@ -489,6 +565,14 @@ impl<H: Handler> EventLoop<H> {
         // Messages that already arrived are handled, and their answers queued, before the
         // Close: nothing a client sent before the drain is lost.
         conn.read_ready(&mut cx, &mut self.handler, false, usize::MAX);
+        // Nor is anything published to it so far (its own publications included).
+        if !self.hub.is_idle() {
+            self.fan_out();
+        }
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        let mut cx = context!(self, id);
         match conn.phase {
             Phase::Handshake => {
                 conn.reject(Reject::Unavailable, &mut cx);
@@ -698,8 +782,10 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         log::debug!("{id}: closed ({ending:?})");
+        self.hub.remove_conn(id);
         if conn.phase != Phase::Handshake && conn.counted {
-            self.handler.on_close(id, conn.peer_code);
+            let mut ctx = loop_ctx!(self);
+            self.handler.on_close(&mut ctx, id, conn.peer_code);
             if conn.session.close_state() == CloseState::Open {
                 // No Close either way: 1006 is the code reserved for reporting exactly this.
                 let side = if conn.gone {
@@ -720,5 +806,113 @@ impl<H: Handler> EventLoop<H> {
                 Ending::Errored => drain.report.errored += 1,
             }
         }
+    }
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// The waker fired: take what other threads queued (run at the end of the turn's events).
+    fn take_jobs(&mut self) {
+        self.queue.take(JOBS_PER_TURN, &mut self.jobs);
+    }
+
+    /// Applies the jobs taken this turn; more waiting are taken next turn (without a new wake).
+    fn run_jobs(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let mut jobs = std::mem::take(&mut self.jobs);
+        let mut wake = false;
+        for job in jobs.drain(..) {
+            match job {
+                Job::Publish {
+                    channel,
+                    text,
+                    payload,
+                } => {
+                    self.hub.publish(&channel, message(text, &payload));
+                }
+                Job::Send {
+                    conn,
+                    text,
+                    payload,
+                } => self.hub.send(conn, message(text, &payload)),
+                Job::Close { conn, code, reason } => self.hub.close(conn, code, &reason),
+                Job::Wake => wake = true,
+            }
+        }
+        if wake {
+            let mut ctx = loop_ctx!(self);
+            self.handler.on_wake(&mut ctx);
+        }
+        if !self.queue.is_empty() {
+            self.queue.take(JOBS_PER_TURN, &mut jobs);
+        }
+        self.jobs = jobs;
+    }
+
+    fn fire_handler_timer(&mut self) {
+        if self.handler_timer.is_some_and(|at| at <= self.now) {
+            self.handler_timer = None;
+            let mut ctx = loop_ctx!(self);
+            self.handler.on_timer(&mut ctx);
+        }
+    }
+
+    /// Delivers the turn's publications and sends (one write per connection), applies the
+    /// close requests made after them, and answers the publish requests they belong to.
+    fn fan_out(&mut self) {
+        if !self.hub.is_idle() {
+            let EventLoop {
+                hub,
+                conns,
+                scratch,
+                stats,
+                config,
+                touched,
+                ..
+            } = self;
+            let max_out = config.max_output_buffer;
+            hub.flush(|id, slices| {
+                let Some(conn) = conns.get_mut(id.0) else {
+                    return Default::default();
+                };
+                let d = conn.deliver(slices, max_out, &mut scratch.pool, stats);
+                if conn.gone || d.dropped > 0 {
+                    touched.push(id);
+                }
+                d
+            });
+            for (id, code, reason) in self.hub.take_closes() {
+                let Some(conn) = self.conns.get_mut(id.0) else {
+                    continue;
+                };
+                if conn.phase != Phase::Open {
+                    continue;
+                }
+                let mut cx = context!(self, id);
+                let mut started = false;
+                conn.emit(&mut cx, |session, out| {
+                    started = session.close(code, &reason, out);
+                });
+                if started {
+                    cx.stats.closed(Side::Server, code.0);
+                }
+                self.touched.push(id);
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            for id in touched.drain(..) {
+                self.settle(id);
+            }
+            self.touched = touched;
+        }
+        self.answer_api();
+    }
+}
+
+/// A message over an owned payload (checked as UTF-8 by the [`Publisher`] when text).
+fn message(text: bool, payload: &[u8]) -> Message<'_> {
+    match std::str::from_utf8(payload) {
+        Ok(t) if text => Message::Text(t),
+        _ => Message::Binary(payload),
     }
 }

@@ -1,0 +1,646 @@
+//! The channel registry and one loop turn's fan-out, as plain data: who is subscribed to what,
+//! and what was published or sent during the turn. No sockets here; the loop hands
+//! [`Hub::flush`] a function that writes to one connection.
+//!
+//! A publication is framed once into the turn's arena. At the end of the turn every connection
+//! that got anything is handed, in one call, the slices of the arena meant for it, in
+//! publication order: the loop writes them with one `writev` and copies only what the socket
+//! does not take. A subscriber that got publications from one channel only (the usual case)
+//! is handed a suffix of that channel's slice list, built once per channel; one that got
+//! several channels' publications or direct sends in the same turn has its list merged in
+//! publication order.
+//!
+//! Subscriptions change at once. A subscriber who joins a channel during a turn gets only the
+//! publications made after it joined (each publication remembers the subscriber count it saw);
+//! one who leaves gets nothing more, not even a publication of the same turn.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+
+use slab::Slab;
+
+use crate::conn_id::ConnId;
+use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::{CloseCode, Message};
+
+use super::name::{is_valid, ChannelError};
+
+/// A subscriber slot left by a connection during a turn with pending publications; compacted
+/// away after the turn's flush (removing it at once would move other subscribers under the
+/// pending publications' feet).
+const TOMB: u32 = u32::MAX;
+/// End of a channel's chain of entries.
+const NONE: u32 = u32::MAX;
+/// Arena capacity kept from one turn to the next; a turn that needed more gives it back.
+const ARENA_KEEP: usize = 1 << 20;
+
+/// What [`Hub::publish`] hands back: the number of local subscribers the publication was queued
+/// for is known once the turn is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    /// No subscriber: nothing was queued.
+    Done(u32),
+    /// The entry's count, readable with [`Hub::delivered`] after the next flush.
+    Pending(u32),
+}
+
+/// What writing to one connection did, as the loop reports it to [`Hub::flush`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Leading slices queued or written.
+    pub queued: usize,
+    /// Slices dropped (the connection's output is at its bound).
+    pub dropped: usize,
+}
+
+/// Counters the metrics read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub publications: u64,
+    /// Publications and direct sends queued for a connection.
+    pub deliveries: u64,
+    /// Deliveries dropped because a subscriber's output was at `max_output_buffer`.
+    pub dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Channel(u32),
+    Conn(u32),
+}
+
+/// One publication or direct send of the current turn.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    target: Target,
+    /// The frame, in the arena.
+    start: usize,
+    end: usize,
+    /// Subscribers of the channel when it was published: later ones do not get it.
+    subs_len: u32,
+    /// Next entry of the same channel this turn.
+    next: u32,
+    delivered: u32,
+    /// The target connection went away.
+    dead: bool,
+}
+
+struct Channel {
+    name: Box<str>,
+    /// Connection keys; [`TOMB`] for those that left during a turn with pending publications.
+    subs: Vec<u32>,
+    live: u32,
+    /// This turn's entries of the channel (a chain through `Entry::next`).
+    first: u32,
+    last: u32,
+    tombs: bool,
+}
+
+/// One subscription of a connection: the channel and the connection's index in its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sub {
+    channel: u32,
+    pos: u32,
+}
+
+/// A connection's subscriptions: one inline (the usual case), more on the heap.
+#[derive(Debug, Default)]
+enum SubList {
+    #[default]
+    Empty,
+    One(Sub),
+    /// A boxed slice (16 bytes, not a Vec's 24): resized only when a subscription changes.
+    Many(Box<[Sub]>),
+}
+
+impl SubList {
+    fn as_slice(&self) -> &[Sub] {
+        match self {
+            SubList::Empty => &[],
+            SubList::One(s) => std::slice::from_ref(s),
+            SubList::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Sub] {
+        match self {
+            SubList::Empty => &mut [],
+            SubList::One(s) => std::slice::from_mut(s),
+            SubList::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, sub: Sub) {
+        *self = match std::mem::take(self) {
+            SubList::Empty => SubList::One(sub),
+            SubList::One(first) => SubList::Many(Box::new([first, sub])),
+            SubList::Many(v) => {
+                let mut v = v.into_vec();
+                v.push(sub);
+                SubList::Many(v.into_boxed_slice())
+            }
+        };
+    }
+
+    fn remove(&mut self, channel: u32) -> Option<Sub> {
+        let i = self.as_slice().iter().position(|s| s.channel == channel)?;
+        let sub = self.as_slice()[i];
+        *self = match std::mem::take(self) {
+            SubList::Many(v) => {
+                let mut v = v.into_vec();
+                v.remove(i);
+                match v.len() {
+                    0 => SubList::Empty,
+                    1 => SubList::One(v[0]),
+                    _ => SubList::Many(v.into_boxed_slice()),
+                }
+            }
+            _ => SubList::Empty,
+        };
+        Some(sub)
+    }
+
+    fn set_pos(&mut self, channel: u32, pos: u32) {
+        if let Some(s) = self
+            .as_mut_slice()
+            .iter_mut()
+            .find(|s| s.channel == channel)
+        {
+            s.pos = pos;
+        }
+    }
+}
+
+/// Per-connection record, indexed by connection key; only connections that subscribed or were
+/// sent to have one.
+#[derive(Debug, Default)]
+struct Record {
+    subs: SubList,
+    /// The turn this record was last marked in, and how ([`SINGLE`] or [`MULTI`]); `how` is
+    /// only read for connections marked in the turn being flushed.
+    mark: u32,
+    how: u8,
+}
+
+const SINGLE: u8 = 1;
+const MULTI: u8 = 2;
+
+/// The channel registry and the current turn's publications.
+#[derive(Default)]
+pub struct Hub {
+    names: HashMap<Box<str>, u32>,
+    channels: Slab<Channel>,
+    records: Vec<Record>,
+    subscriptions: usize,
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Channels with entries this turn, in the order of their first.
+    active: Vec<u32>,
+    /// Connections with entries from more than one source this turn.
+    multi: Vec<u32>,
+    /// Delivered counts of the last flush's entries, for [`Ticket`]s.
+    results: Vec<u32>,
+    /// Close requests of the turn, applied by the loop after the flush.
+    closes: Vec<(ConnId, CloseCode, String)>,
+    turn: u32,
+    counts: Counts,
+}
+
+impl Hub {
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Whether anything waits to be flushed.
+    pub fn is_idle(&self) -> bool {
+        self.entries.is_empty() && self.closes.is_empty()
+    }
+
+    /// Whether the turn has entries (a reply sent now would overtake them).
+    pub fn has_entries(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.names
+            .get(channel)
+            .and_then(|&ch| self.channels.get(ch as usize))
+            .map_or(0, |c| c.live as usize)
+    }
+
+    /// Every channel and its subscriber count, in name order.
+    pub fn channels(&self) -> Vec<(&str, usize)> {
+        let mut all: Vec<_> = self
+            .channels
+            .iter()
+            .map(|(_, c)| (&*c.name, c.live as usize))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The channels `conn` is subscribed to, in the order it joined them.
+    pub fn channels_of(&self, conn: ConnId) -> impl Iterator<Item = &str> + '_ {
+        let subs = self
+            .records
+            .get(conn.0)
+            .map_or(&[][..], |r| r.subs.as_slice());
+        subs.iter()
+            .filter_map(|s| self.channels.get(s.channel as usize).map(|c| &*c.name))
+    }
+
+    fn record(&mut self, key: u32) -> &mut Record {
+        let i = key as usize;
+        if self.records.len() <= i {
+            self.records.resize_with(i + 1, Record::default);
+        }
+        &mut self.records[i]
+    }
+
+    /// Subscribes `conn` to `channel`; returns false if it already was.
+    pub fn subscribe(&mut self, conn: ConnId, channel: &str) -> Result<bool, ChannelError> {
+        if !is_valid(channel) {
+            return Err(ChannelError::InvalidName);
+        }
+        let key = conn_key(conn);
+        let ch = match self.names.get(channel) {
+            Some(&ch) => ch,
+            None => {
+                let ch = self.channels.insert(Channel {
+                    name: channel.into(),
+                    subs: Vec::new(),
+                    live: 0,
+                    first: NONE,
+                    last: NONE,
+                    tombs: false,
+                }) as u32;
+                self.names.insert(channel.into(), ch);
+                ch
+            }
+        };
+        if self
+            .record(key)
+            .subs
+            .as_slice()
+            .iter()
+            .any(|s| s.channel == ch)
+        {
+            return Ok(false);
+        }
+        let c = &mut self.channels[ch as usize];
+        let pos = c.subs.len() as u32;
+        c.subs.push(key);
+        c.live += 1;
+        self.record(key).subs.push(Sub { channel: ch, pos });
+        self.subscriptions += 1;
+        Ok(true)
+    }
+
+    /// Unsubscribes `conn` from `channel`; returns false if it was not subscribed.
+    pub fn unsubscribe(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(&ch) = self.names.get(channel) else {
+            return false;
+        };
+        let key = conn_key(conn);
+        let Some(sub) = self
+            .records
+            .get_mut(key as usize)
+            .and_then(|r| r.subs.remove(ch))
+        else {
+            return false;
+        };
+        self.leave(ch, sub.pos);
+        true
+    }
+
+    /// The connection is gone: it leaves every channel, and nothing more is sent to it.
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        let key = conn_key(conn);
+        let Some(record) = self.records.get_mut(key as usize) else {
+            return;
+        };
+        let subs = std::mem::take(&mut record.subs);
+        for sub in subs.as_slice() {
+            self.leave(sub.channel, sub.pos);
+        }
+        for e in &mut self.entries {
+            if e.target == Target::Conn(key) {
+                e.dead = true;
+            }
+        }
+    }
+
+    /// Takes slot `pos` of channel `ch` away from its subscriber.
+    fn leave(&mut self, ch: u32, pos: u32) {
+        let Some(c) = self.channels.get_mut(ch as usize) else {
+            return;
+        };
+        c.live -= 1;
+        self.subscriptions -= 1;
+        if c.first != NONE {
+            // Pending publications of this turn index into the list: keep it still.
+            c.subs[pos as usize] = TOMB;
+            c.tombs = true;
+            return;
+        }
+        c.subs.swap_remove(pos as usize);
+        if let Some(&moved) = c.subs.get(pos as usize) {
+            self.records[moved as usize].subs.set_pos(ch, pos);
+        }
+        if c.live == 0 {
+            self.drop_channel(ch);
+        }
+    }
+
+    fn drop_channel(&mut self, ch: u32) {
+        let c = self.channels.remove(ch as usize);
+        self.names.remove(&c.name);
+    }
+
+    /// Frames `message` once for every subscriber of `channel`; delivered at the next flush.
+    pub fn publish(&mut self, channel: &str, message: Message<'_>) -> Ticket {
+        self.counts.publications += 1;
+        match self.names.get(channel) {
+            Some(&ch) => self.publish_to(ch, message),
+            None => Ticket::Done(0),
+        }
+    }
+
+    /// Publishes to the first channel `conn` joined; `None` when it has none.
+    pub fn publish_first(&mut self, conn: ConnId, message: Message<'_>) -> Option<Ticket> {
+        let ch = self.records.get(conn.0)?.subs.as_slice().first()?.channel;
+        self.counts.publications += 1;
+        Some(self.publish_to(ch, message))
+    }
+
+    fn publish_to(&mut self, ch: u32, message: Message<'_>) -> Ticket {
+        let c = &mut self.channels[ch as usize];
+        if c.live == 0 {
+            return Ticket::Done(0);
+        }
+        let (start, end) = frame_into(&mut self.arena, message);
+        let idx = self.entries.len() as u32;
+        self.entries.push(Entry {
+            target: Target::Channel(ch),
+            start,
+            end,
+            subs_len: c.subs.len() as u32,
+            next: NONE,
+            delivered: 0,
+            dead: false,
+        });
+        if c.first == NONE {
+            c.first = idx;
+            self.active.push(ch);
+        } else {
+            self.entries[c.last as usize].next = idx;
+        }
+        c.last = idx;
+        Ticket::Pending(idx)
+    }
+
+    /// Queues `message` for one connection, in order with the turn's publications.
+    pub fn send(&mut self, conn: ConnId, message: Message<'_>) {
+        let key = conn_key(conn);
+        self.record(key);
+        let (start, end) = frame_into(&mut self.arena, message);
+        self.entries.push(Entry {
+            target: Target::Conn(key),
+            start,
+            end,
+            subs_len: 0,
+            next: NONE,
+            delivered: 0,
+            dead: false,
+        });
+    }
+
+    /// Asks the loop to close `conn` after what this turn queued for it.
+    pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
+        self.closes.push((conn, code, reason.to_string()));
+    }
+
+    /// The close requests of the turn, for the loop to apply after the flush.
+    pub fn take_closes(&mut self) -> Vec<(ConnId, CloseCode, String)> {
+        std::mem::take(&mut self.closes)
+    }
+
+    /// Subscribers a publication was queued for, once its turn was flushed.
+    pub fn delivered(&self, ticket: Ticket) -> u32 {
+        match ticket {
+            Ticket::Done(n) => n,
+            Ticket::Pending(i) => self.results.get(i as usize).copied().unwrap_or(0),
+        }
+    }
+
+    /// Hands every connection with entries this turn its frames, in order, once; `deliver`
+    /// writes them and says how many it queued and dropped.
+    pub fn flush(&mut self, mut deliver: impl FnMut(ConnId, &[IoSlice<'_>]) -> Delivered) {
+        if self.entries.is_empty() {
+            return;
+        }
+        self.turn = self.turn.wrapping_add(1).max(1);
+        self.mark();
+        let Hub {
+            channels,
+            records,
+            arena,
+            entries,
+            active,
+            multi,
+            counts,
+            ..
+        } = self;
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        let mut idxs: Vec<u32> = Vec::new();
+        let mut tally = |entries: &mut [Entry], idxs: &[u32], d: Delivered| {
+            for &i in idxs.iter().take(d.queued) {
+                entries[i as usize].delivered += 1;
+            }
+            counts.deliveries += d.queued as u64;
+            counts.dropped += d.dropped as u64;
+        };
+        // Subscribers of one channel only: a suffix of the channel's slices.
+        for &ch in active.iter() {
+            let c = &channels[ch as usize];
+            slices.clear();
+            idxs.clear();
+            let mut lens: Vec<u32> = Vec::new();
+            let mut e = c.first;
+            while e != NONE {
+                let entry = &entries[e as usize];
+                slices.push(IoSlice::new(&arena[entry.start..entry.end]));
+                idxs.push(e);
+                lens.push(entry.subs_len);
+                e = entry.next;
+            }
+            let max = lens.last().copied().unwrap_or(0);
+            let mut first = 0;
+            for j in 0..max {
+                while lens[first] <= j {
+                    first += 1;
+                }
+                let key = c.subs[j as usize];
+                if key == TOMB || records[key as usize].how != SINGLE {
+                    continue;
+                }
+                let d = deliver(ConnId(key as usize), &slices[first..]);
+                tally(entries, &idxs[first..], d);
+            }
+        }
+        // Direct sends to connections that got nothing else.
+        for i in 0..entries.len() {
+            let Entry {
+                target: Target::Conn(key),
+                dead: false,
+                start,
+                end,
+                ..
+            } = entries[i]
+            else {
+                continue;
+            };
+            if records[key as usize].how != SINGLE {
+                continue;
+            }
+            let d = deliver(ConnId(key as usize), &[IoSlice::new(&arena[start..end])]);
+            tally(entries, &[i as u32], d);
+        }
+        // The rest: merged in publication order.
+        for &key in multi.iter() {
+            slices.clear();
+            idxs.clear();
+            let subs = records[key as usize].subs.as_slice();
+            for (i, e) in entries.iter().enumerate() {
+                let wanted = match e.target {
+                    _ if e.dead => false,
+                    Target::Conn(k) => k == key,
+                    Target::Channel(ch) => subs.iter().any(|s| {
+                        s.channel == ch
+                            && s.pos < e.subs_len
+                            && channels[ch as usize].subs[s.pos as usize] == key
+                    }),
+                };
+                if wanted {
+                    slices.push(IoSlice::new(&arena[e.start..e.end]));
+                    idxs.push(i as u32);
+                }
+            }
+            let d = deliver(ConnId(key as usize), &slices);
+            tally(entries, &idxs, d);
+        }
+        drop(slices);
+        self.finish_turn();
+    }
+
+    /// Marks each connection with entries this turn as getting them from one source or more.
+    fn mark(&mut self) {
+        let turn = self.turn;
+        let Hub {
+            channels,
+            records,
+            entries,
+            active,
+            multi,
+            ..
+        } = self;
+        let mut mark = |key: u32| {
+            let r = &mut records[key as usize];
+            if r.mark != turn {
+                r.mark = turn;
+                r.how = SINGLE;
+            } else if r.how == SINGLE {
+                r.how = MULTI;
+                multi.push(key);
+            }
+        };
+        for &ch in active.iter() {
+            let c = &channels[ch as usize];
+            let max = entries[c.last as usize].subs_len as usize;
+            for &key in &c.subs[..max] {
+                if key != TOMB {
+                    mark(key);
+                }
+            }
+        }
+        for e in entries.iter() {
+            if let (Target::Conn(key), false) = (e.target, e.dead) {
+                mark(key);
+            }
+        }
+    }
+
+    /// Keeps the entries' counts for tickets and clears the turn.
+    fn finish_turn(&mut self) {
+        self.results.clear();
+        self.results
+            .extend(self.entries.iter().map(|e| e.delivered));
+        let active = std::mem::take(&mut self.active);
+        for &ch in &active {
+            let c = &mut self.channels[ch as usize];
+            c.first = NONE;
+            c.last = NONE;
+            if c.tombs {
+                self.compact(ch);
+            }
+        }
+        self.active = active;
+        self.active.clear();
+        self.multi.clear();
+        self.entries.clear();
+        if self.arena.capacity() > ARENA_KEEP {
+            self.arena = Vec::new();
+        } else {
+            self.arena.clear();
+        }
+    }
+
+    /// Removes the slots of subscribers that left during the turn.
+    fn compact(&mut self, ch: u32) {
+        let c = &mut self.channels[ch as usize];
+        let mut w = 0;
+        for r in 0..c.subs.len() {
+            let key = c.subs[r];
+            if key == TOMB {
+                continue;
+            }
+            if r != w {
+                c.subs[w] = key;
+                self.records[key as usize].subs.set_pos(ch, w as u32);
+            }
+            w += 1;
+        }
+        c.subs.truncate(w);
+        c.tombs = false;
+        if c.live == 0 {
+            self.drop_channel(ch);
+        }
+    }
+}
+
+/// Appends a server frame (unmasked, one frame per message) to the arena; returns its range.
+fn frame_into(arena: &mut Vec<u8>, message: Message<'_>) -> (usize, usize) {
+    let start = arena.len();
+    let opcode = if message.is_text() {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
+    write_frame(arena, true, opcode, message.as_bytes(), None);
+    (start, arena.len())
+}
+
+/// Connection keys are slab keys below `max_connections`, which config keeps under 2^31.
+fn conn_key(conn: ConnId) -> u32 {
+    u32::try_from(conn.0).unwrap_or(TOMB - 1)
+}
