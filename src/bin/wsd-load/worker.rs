@@ -34,6 +34,14 @@ const DEADLINE_SCAN: Duration = Duration::from_millis(50);
 const EVENTS_CAPACITY: usize = 1024;
 /// Tokens of HTTP publish API connections start here (client tokens are their indices).
 const API_TOKEN_BASE: usize = 1 << 30;
+/// Token of the publication timer (`--pub-rate`).
+const TIMER_TOKEN: usize = usize::MAX;
+/// At a fixed rate, lateness up to this is the client's own timer wake-up (a VM takes a few
+/// hundred µs to wake from idle), not the server's doing: such a publication's latency is
+/// measured from when it was sent. Later ones, and any the window or a busy publisher held
+/// back, are measured from when they were due, so a server that stalls the publisher is not
+/// flattered by the stall (coordinated omission).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
 /// pubsub: how often a publisher blocked on its window looks again when the deliveries that
 /// free it arrive on other threads (its own arrive as events and wake it at once).
 const WINDOW_POLL: Duration = Duration::from_millis(1);
@@ -147,6 +155,8 @@ struct Publishing {
     window: u64,
     /// Why the last attempt stopped before the schedule did, if it did.
     blocked: Option<Blocked>,
+    /// The publication due now was held back (window or busy publisher) at least once.
+    held: bool,
 }
 
 /// What held a due publication back.
@@ -193,6 +203,8 @@ pub struct Worker {
     subscribers: usize,
     /// pubsub, worker 0: the publishers.
     publishing: Option<Box<Publishing>>,
+    /// pubsub, worker 0 with `--pub-rate`: wakes the loop when a publication is due.
+    timer: Option<sys::Timer>,
 }
 
 impl Worker {
@@ -203,6 +215,19 @@ impl Worker {
         let publisher = pubsub && index == 0;
         let count = subscribers + if publisher { opts.ws_publishers() } else { 0 };
         let payload = pubsub.then(|| Payload::new(opts.size, opts.binary, shared.epoch));
+        let poll = Poll::new()?;
+        let timer = match publisher && opts.pub_rate.is_some() {
+            true => {
+                let timer = sys::Timer::new()?;
+                poll.registry().register(
+                    &mut mio::unix::SourceFd(&timer.raw_fd()),
+                    Token(TIMER_TOKEN),
+                    Interest::READABLE,
+                )?;
+                Some(timer)
+            }
+            false => None,
+        };
         let publishing = publisher.then(|| {
             let channels = opts.channels.unwrap_or(1);
             Box::new(Publishing {
@@ -219,6 +244,7 @@ impl Worker {
                 due: Instant::now(),
                 window: 0,
                 blocked: None,
+                held: false,
             })
         });
         let connect_interval = opts.rate.map(|r| Duration::from_secs_f64(step as f64 / r));
@@ -229,7 +255,7 @@ impl Worker {
             first: index,
             step,
             count,
-            poll: Poll::new()?,
+            poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             clients: Vec::with_capacity(count),
             template,
@@ -248,6 +274,7 @@ impl Worker {
             payload,
             subscribers,
             publishing,
+            timer,
             opts,
         })
     }
@@ -537,7 +564,14 @@ impl Worker {
             let now = Instant::now();
             if self.sending {
                 let left = self.publishing.as_ref().map_or(0, |p| p.left);
-                if end_at.is_some_and(|e| now >= e) || Shared::flag(&self.shared.stop) || left == 0
+                let gone = !self.publishers_alive();
+                if gone {
+                    eprintln!("wsd-load: every publisher connection is gone: publishing stops");
+                }
+                if end_at.is_some_and(|e| now >= e)
+                    || Shared::flag(&self.shared.stop)
+                    || left == 0
+                    || gone
                 {
                     self.stop_publishing();
                 }
@@ -600,6 +634,21 @@ impl Worker {
         self.shared.pub_done.store(true, Ordering::Release);
     }
 
+    /// pubsub, worker 0: some publisher can still publish (checked only once one was busy).
+    fn publishers_alive(&self) -> bool {
+        let Some(p) = self.publishing.as_deref() else {
+            return false;
+        };
+        if p.blocked != Some(Blocked::Busy) {
+            return true;
+        }
+        let ws = self.clients[p.first_ws..]
+            .iter()
+            .any(|c| c.state == State::Open);
+        let api = p.api.iter().any(|c| c.state != ApiState::Dead);
+        ws || api
+    }
+
     /// pubsub: deliveries settled over all workers (ours exact, the others' as of their last
     /// turn).
     fn settled_everywhere(&self) -> u64 {
@@ -628,7 +677,13 @@ impl Worker {
             (Some(Blocked::Window), _) if self.opts.threads > 1 => WINDOW_POLL,
             // What unblocks it (a delivery, an answer, a writable socket) is an event here.
             (Some(_), _) | (None, None) => TICK,
-            (None, Some(_)) => p.due.saturating_duration_since(Instant::now()).min(TICK),
+            (None, Some(_)) => {
+                let until = p.due.saturating_duration_since(Instant::now());
+                match &self.timer {
+                    Some(t) if t.arm(until).is_ok() => TICK,
+                    _ => until.min(TICK),
+                }
+            }
         }
     }
 
@@ -648,17 +703,27 @@ impl Worker {
             let pending = p.owed.saturating_sub(self.settled_everywhere());
             if pending > 0 && pending + subs > p.window {
                 p.blocked = Some(Blocked::Window);
+                p.held = true;
                 break;
             }
-            let stamp_at = if p.interval.is_some() { p.due } else { now };
+            // Now, not the turn's `now`: earlier sends of this call took their time.
+            let sent_at = Instant::now();
+            let stamp_at = match p.interval {
+                Some(_) if p.held || sent_at.saturating_duration_since(p.due) > TIMER_SLACK => {
+                    p.due
+                }
+                _ => sent_at,
+            };
             let sent = match self.opts.publish {
                 Publish::Ws => self.publish_ws(&mut p, channel, stamp_at),
                 Publish::Api => self.publish_api(&mut p, channel, stamp_at, now),
             };
             if !sent {
                 p.blocked = Some(Blocked::Busy);
+                p.held = true;
                 break;
             }
+            p.held = false;
             p.count += 1;
             p.owed += subs;
             p.left -= 1;
@@ -945,9 +1010,16 @@ impl Worker {
         for ev in events.iter() {
             let to_eof = ev.is_read_closed() || ev.is_error();
             let readable = ev.is_readable() || to_eof;
-            match ev.token().0.checked_sub(API_TOKEN_BASE) {
-                Some(j) => self.on_api_event(j, readable, ev.is_writable()),
-                None => self.on_event(ev.token().0, readable, ev.is_writable(), to_eof),
+            match ev.token().0 {
+                TIMER_TOKEN => {
+                    if let Some(t) = &self.timer {
+                        t.clear();
+                    }
+                }
+                t if t >= API_TOKEN_BASE => {
+                    self.on_api_event(t - API_TOKEN_BASE, readable, ev.is_writable())
+                }
+                t => self.on_event(t, readable, ev.is_writable(), to_eof),
             }
         }
         self.events = events;
