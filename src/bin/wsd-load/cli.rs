@@ -153,7 +153,8 @@ idle:
 drain:
   --no-answer-fraction F    share of connections that never answer the server's Close [0]
   --hold T                  longest wait for the first Close              [until SIGINT/SIGTERM]
-pubsub (-c counts subscribers; the connections of ws publishers come on top):
+pubsub (-c counts subscribers, spread over the threads; the publishers, whose connections
+come on top, all run on the first thread):
   --publish ws|api          ws: publishers are WebSocket clients of the channel's path,
                             whose data messages the server publishes to that channel (wsd
                             --client-publish true); each is also a subscriber and receives
@@ -165,7 +166,8 @@ pubsub (-c counts subscribers; the connections of ws publishers come on top):
   --publish-api URL         the HTTP publish API                 [http://127.0.0.1:9002]
   --api-token T             send `Authorization: Bearer T` with each publish request
   --pub-rate R              R publications/s in all, channels in turn; latency is then
-                            measured from when each was due     [as fast as the window allows]
+                            measured from when each was due (less than 1 ms of lateness,
+                            the client's own wake-up, excepted) [as fast as the window allows]
   --window W                publications in flight: sent but not yet delivered to every
                             subscriber, so the server is measured delivering, not buffering [16]
   -s, --size S              payload bytes, at least 52 (the header: publisher, channel,
