@@ -138,3 +138,21 @@ for w in wires:
     save("session", bytes([5, len(ops)]) + w + ops)
     ops = bytes([9, 0x40 | 3, 63])  # ten bytes, close from our side mid-frame, the rest
     save("session", bytes([3, len(ops)]) + w + ops)
+
+# api_request: [knobs][request]; knobs 0x03 is a 1 KiB body limit, 0x83 the same with the token.
+api = [
+    b"POST /publish/news HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /publish/chat%2Froom-1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n\x00\x01\xff",
+    b"POST /publish/a HTTP/1.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
+    b"GET /channels HTTP/1.1\r\nHost: wsd\r\n\r\n",
+    b"GET /metrics HTTP/1.0\r\n\r\n",
+    b"GET /channels HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    b"POST /publish/news HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /publish/news HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+    b"DELETE /channels HTTP/1.1\r\n\r\n",
+    b"POST /publish/news HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n\xc3\x28",
+]
+for r in api:
+    save("api_request", b"\x03" + r)
+    save("api_request", b"\x83" + r)

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$PWD/.venv-tests"
 REQS="$PWD/scripts/test-requirements.txt"
+# Tests running at once share one venv: the first creates it, the others wait for it.
+exec 9>"$PWD/.venv-tests.lock"
+flock 9
 if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQS" "$VENV/requirements.txt"; then
   rm -rf "$VENV"
   python3 -m venv "$VENV" >&2

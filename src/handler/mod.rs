@@ -107,7 +107,7 @@ impl<'a> Ctx<'a> {
             if !cur.can_send {
                 return false;
             }
-            if !self.hub.has_entries() {
+            if self.hub.is_idle() {
                 // Nothing of this turn is queued ahead of it: straight into the output.
                 let opcode = if message.is_text() {
                     OpCode::Text

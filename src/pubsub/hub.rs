@@ -42,6 +42,18 @@ pub enum Ticket {
     Done(u32),
     /// The entry's count, readable with [`Hub::delivered`] after the next flush.
     Pending(u32),
+    /// Handed to the broker as publication `id`; the broker answers for it.
+    Remote(u64),
+}
+
+/// A publication for the broker to send (relay mode): every instance, this one included, gets
+/// it back from the broker and delivers it locally.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub id: u64,
+    pub channel: String,
+    pub text: bool,
+    pub payload: Vec<u8>,
 }
 
 /// What writing to one connection did, as the loop reports it to [`Hub::flush`].
@@ -204,9 +216,36 @@ pub struct Hub {
     closes: Vec<(ConnId, CloseCode, String)>,
     turn: u32,
     counts: Counts,
+    /// Publications go to the broker instead of straight to local subscribers.
+    relay: bool,
+    outbox: Vec<Outbound>,
+    /// Channels that got their first local subscriber (true) or lost their last (false), in
+    /// order, for the broker to subscribe and unsubscribe (relay mode only).
+    changes: Vec<(String, bool)>,
+    next_remote: u64,
 }
 
 impl Hub {
+    /// Publications are relayed through a broker from now on (see [`Hub::take_outbox`]).
+    pub fn set_relay(&mut self) {
+        self.relay = true;
+    }
+
+    /// The publications to send to the broker.
+    pub fn take_outbox(&mut self) -> Vec<Outbound> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The channel subscriptions to make and end at the broker, in order.
+    pub fn take_changes(&mut self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Names of the channels with local subscribers.
+    pub fn channel_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.channels.iter().map(|(_, c)| &*c.name)
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts
     }
@@ -220,9 +259,12 @@ impl Hub {
         self.subscriptions
     }
 
-    /// Whether anything waits to be flushed.
+    /// Whether anything waits to be flushed (or relayed).
     pub fn is_idle(&self) -> bool {
-        self.entries.is_empty() && self.closes.is_empty()
+        self.entries.is_empty()
+            && self.closes.is_empty()
+            && self.outbox.is_empty()
+            && self.changes.is_empty()
     }
 
     /// Whether the turn has entries (a reply sent now would overtake them).
@@ -285,6 +327,9 @@ impl Hub {
                     tombs: false,
                 }) as u32;
                 self.names.insert(channel.into(), ch);
+                if self.relay {
+                    self.changes.push((channel.to_string(), true));
+                }
                 ch
             }
         };
@@ -365,11 +410,23 @@ impl Hub {
     fn drop_channel(&mut self, ch: u32) {
         let c = self.channels.remove(ch as usize);
         self.names.remove(&c.name);
+        if self.relay {
+            self.changes.push((c.name.into(), false));
+        }
     }
 
     /// Frames `message` once for every subscriber of `channel`; delivered at the next flush.
+    /// In relay mode it goes to the broker instead (`channel` must then be a valid name).
     pub fn publish(&mut self, channel: &str, message: Message<'_>) -> Ticket {
         self.counts.publications += 1;
+        if self.relay {
+            return self.relay_out(channel.to_string(), message);
+        }
+        self.publish_local(channel, message)
+    }
+
+    /// Frames `message` for the local subscribers of `channel` only (what the broker delivers).
+    pub fn publish_local(&mut self, channel: &str, message: Message<'_>) -> Ticket {
         match self.names.get(channel) {
             Some(&ch) => self.publish_to(ch, message),
             None => Ticket::Done(0),
@@ -380,7 +437,23 @@ impl Hub {
     pub fn publish_first(&mut self, conn: ConnId, message: Message<'_>) -> Option<Ticket> {
         let ch = self.records.get(conn.0)?.subs.as_slice().first()?.channel;
         self.counts.publications += 1;
+        if self.relay {
+            let name = self.channels[ch as usize].name.to_string();
+            return Some(self.relay_out(name, message));
+        }
         Some(self.publish_to(ch, message))
+    }
+
+    fn relay_out(&mut self, channel: String, message: Message<'_>) -> Ticket {
+        self.next_remote += 1;
+        let id = self.next_remote;
+        self.outbox.push(Outbound {
+            id,
+            channel,
+            text: message.is_text(),
+            payload: message.as_bytes().to_vec(),
+        });
+        Ticket::Remote(id)
     }
 
     fn publish_to(&mut self, ch: u32, message: Message<'_>) -> Ticket {
@@ -435,11 +508,13 @@ impl Hub {
         std::mem::take(&mut self.closes)
     }
 
-    /// Subscribers a publication was queued for, once its turn was flushed.
-    pub fn delivered(&self, ticket: Ticket) -> u32 {
+    /// Subscribers a publication was queued for, once its turn was flushed (`None` for a
+    /// relayed one: the broker answers for those).
+    pub fn delivered(&self, ticket: Ticket) -> Option<u32> {
         match ticket {
-            Ticket::Done(n) => n,
-            Ticket::Pending(i) => self.results.get(i as usize).copied().unwrap_or(0),
+            Ticket::Done(n) => Some(n),
+            Ticket::Pending(i) => Some(self.results.get(i as usize).copied().unwrap_or(0)),
+            Ticket::Remote(_) => None,
         }
     }
 
@@ -643,4 +718,188 @@ fn frame_into(arena: &mut Vec<u8>, message: Message<'_>) -> (usize, usize) {
 /// Connection keys are slab keys below `max_connections`, which config keeps under 2^31.
 fn conn_key(conn: ConnId) -> u32 {
     u32::try_from(conn.0).unwrap_or(TOMB - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flushes and returns, per connection, the payloads it was handed (frames decoded by
+    /// stripping the 2-byte header of short server frames), with `bound` frames accepted each.
+    fn flush(hub: &mut Hub, bound: usize) -> Vec<(usize, Vec<String>)> {
+        let mut got = Vec::new();
+        hub.flush(|id, slices| {
+            let take = slices.len().min(bound);
+            let texts = slices[..take]
+                .iter()
+                .map(|s| String::from_utf8(s[2..].to_vec()).unwrap())
+                .collect();
+            got.push((id.0, texts));
+            Delivered {
+                queued: take,
+                dropped: slices.len() - take,
+            }
+        });
+        got.sort();
+        got
+    }
+
+    fn text(s: &str) -> Message<'_> {
+        Message::Text(s)
+    }
+
+    #[test]
+    fn a_publication_reaches_exactly_its_channels_subscribers_in_order() {
+        let mut hub = Hub::default();
+        for c in 0..3 {
+            hub.subscribe(ConnId(c), "news").unwrap();
+        }
+        hub.subscribe(ConnId(3), "sport").unwrap();
+        let t1 = hub.publish("news", text("n1"));
+        hub.publish("sport", text("s1"));
+        let t2 = hub.publish("news", text("n2"));
+        assert_eq!(hub.publish("nobody", text("x")), Ticket::Done(0));
+        let got = flush(&mut hub, usize::MAX);
+        let news = vec!["n1".to_string(), "n2".to_string()];
+        assert_eq!(
+            got,
+            vec![
+                (0, news.clone()),
+                (1, news.clone()),
+                (2, news),
+                (3, vec!["s1".to_string()])
+            ]
+        );
+        assert_eq!((hub.delivered(t1), hub.delivered(t2)), (Some(3), Some(3)));
+        assert_eq!(hub.counts().deliveries, 7);
+        assert_eq!(hub.counts().publications, 4);
+        assert!(hub.is_idle());
+    }
+
+    #[test]
+    fn several_channels_and_direct_sends_merge_in_publication_order() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(7), "a").unwrap();
+        hub.subscribe(ConnId(7), "b").unwrap();
+        hub.subscribe(ConnId(8), "b").unwrap();
+        hub.publish("a", text("a1"));
+        hub.send(ConnId(7), text("d1"));
+        hub.publish("b", text("b1"));
+        hub.publish("a", text("a2"));
+        let got = flush(&mut hub, usize::MAX);
+        assert_eq!(
+            got[0],
+            (7, vec!["a1".into(), "d1".into(), "b1".into(), "a2".into()])
+        );
+        assert_eq!(got[1], (8, vec!["b1".to_string()]));
+        assert_eq!(hub.channels_of(ConnId(7)).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn joining_mid_turn_gets_only_later_publications_and_leaving_gets_none() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(1), "c").unwrap();
+        hub.subscribe(ConnId(2), "c").unwrap();
+        hub.publish("c", text("before"));
+        hub.subscribe(ConnId(3), "c").unwrap();
+        assert!(hub.unsubscribe(ConnId(1), "c"));
+        hub.publish("c", text("after"));
+        let got = flush(&mut hub, usize::MAX);
+        assert_eq!(
+            got,
+            vec![
+                (2, vec!["before".into(), "after".into()]),
+                (3, vec!["after".to_string()])
+            ]
+        );
+        // The tombstone is compacted away and positions stay right for later removals.
+        assert_eq!(hub.subscribers("c"), 2);
+        hub.remove_conn(ConnId(2));
+        hub.publish("c", text("x"));
+        assert_eq!(
+            flush(&mut hub, usize::MAX),
+            vec![(3, vec!["x".to_string()])]
+        );
+        hub.remove_conn(ConnId(3));
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.subscription_count(), 0);
+    }
+
+    #[test]
+    fn drops_are_counted_and_a_closed_conn_gets_nothing() {
+        let mut hub = Hub::default();
+        hub.subscribe(ConnId(1), "c").unwrap();
+        hub.subscribe(ConnId(2), "c").unwrap();
+        hub.send(ConnId(2), text("direct"));
+        for i in 0..5 {
+            hub.publish("c", text(&i.to_string()));
+        }
+        hub.remove_conn(ConnId(2));
+        let got = flush(&mut hub, 2);
+        assert_eq!(got, vec![(1, vec!["0".into(), "1".into()])]);
+        assert_eq!(hub.counts().dropped, 3);
+        assert_eq!(hub.counts().deliveries, 2);
+    }
+
+    #[test]
+    fn relay_mode_hands_publications_and_channel_changes_to_the_broker() {
+        let mut hub = Hub::default();
+        hub.set_relay();
+        hub.subscribe(ConnId(1), "a").unwrap();
+        hub.subscribe(ConnId(2), "a").unwrap();
+        let t = hub.publish("a", text("x"));
+        assert_eq!(t, Ticket::Remote(1));
+        assert_eq!(
+            hub.publish_first(ConnId(2), Message::Binary(b"y")),
+            Some(Ticket::Remote(2))
+        );
+        assert!(!hub.is_idle());
+        let out = hub.take_outbox();
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[1].channel.as_str(), out[1].text, &out[1].payload[..]),
+            ("a", false, &b"y"[..])
+        );
+        // Nothing was delivered locally: that waits for the broker.
+        assert_eq!(flush(&mut hub, usize::MAX), vec![]);
+        hub.publish_local("a", text("back"));
+        assert_eq!(flush(&mut hub, usize::MAX).len(), 2);
+        hub.remove_conn(ConnId(1));
+        hub.remove_conn(ConnId(2));
+        assert_eq!(
+            hub.take_changes(),
+            vec![("a".to_string(), true), ("a".to_string(), false)]
+        );
+    }
+
+    #[test]
+    fn swap_remove_keeps_every_position_right() {
+        let mut hub = Hub::default();
+        for c in 0..50 {
+            hub.subscribe(ConnId(c), "c").unwrap();
+            hub.subscribe(ConnId(c), "d").unwrap();
+        }
+        for c in (0..50).step_by(3) {
+            assert!(hub.unsubscribe(ConnId(c), "c"));
+        }
+        for c in (1..50).step_by(3) {
+            hub.remove_conn(ConnId(c));
+        }
+        // Every remaining record points at its own slot.
+        for (key, r) in hub.records.iter().enumerate() {
+            for s in r.subs.as_slice() {
+                assert_eq!(
+                    hub.channels[s.channel as usize].subs[s.pos as usize],
+                    key as u32
+                );
+            }
+        }
+        assert_eq!(hub.subscribers("c"), 50 - 17 - 17);
+        assert_eq!(hub.subscribers("d"), 50 - 17);
+        assert_eq!(hub.subscribe(ConnId(2), "d"), Ok(false));
+        assert_eq!(
+            hub.subscribe(ConnId(2), "bad name"),
+            Err(ChannelError::InvalidName)
+        );
+    }
 }

@@ -7,6 +7,7 @@
 
 mod activation;
 mod api;
+mod broker;
 mod conn;
 mod drain;
 mod metrics;
@@ -37,6 +38,9 @@ use crate::pubsub::{Hub, Job, Publisher};
 pub use crate::conn_id::ConnId;
 
 use api::Api;
+use broker::Broker;
+
+pub use broker::MAX_SHARDS;
 use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use drain::Pacer;
 use metrics::{Metrics, Side, Stats};
@@ -153,7 +157,7 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` (and `metrics_listen`, `api_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
-        let listener = bind(config.listen, config.listen_backlog)?;
+        let listener = bind(config.listen, config.listen_backlog, config.reuse_port)?;
         Server::new(config, listener, None, None)
     }
 
@@ -171,7 +175,7 @@ impl Server {
         let api = inherited.api.map(nonblocking).transpose()?;
         let listener = match inherited.websocket {
             Some(l) => nonblocking(l)?,
-            None => bind(config.listen, config.listen_backlog)?,
+            None => bind(config.listen, config.listen_backlog, config.reuse_port)?,
         };
         Server::new(config, listener, metrics, api)
     }
@@ -185,11 +189,11 @@ impl Server {
     ) -> io::Result<Server> {
         let metrics = match metrics {
             Some(l) => Some(l),
-            None => bind_side(config.metrics_listen)?,
+            None => bind_side(config.metrics_listen, false)?,
         };
         let api = match api {
             Some(l) => Some(l),
-            None => bind_side(config.api_listen)?,
+            None => bind_side(config.api_listen, config.reuse_port)?,
         };
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -230,14 +234,18 @@ impl Server {
 /// Backlog of the metrics and API listeners: their clients are few.
 const SIDE_BACKLOG: u32 = 64;
 
-fn bind_side(addr: Option<SocketAddr>) -> io::Result<Option<TcpListener>> {
-    addr.map(|addr| bind(addr, SIDE_BACKLOG)).transpose()
+fn bind_side(addr: Option<SocketAddr>, reuse_port: bool) -> io::Result<Option<TcpListener>> {
+    addr.map(|addr| bind(addr, SIDE_BACKLOG, reuse_port))
+        .transpose()
 }
 
 /// Binds a listening socket with our own backlog: `mio`'s `bind` uses std's 128, and a burst of
 /// reconnecting clients (after a restart) overflows that, each dropped SYN costing its client a
 /// retransmission of a second or more.
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+///
+/// With `reuse_port` the socket is bound with `SO_REUSEPORT`: several processes (one per core)
+/// bind the same address and the kernel spreads new connections over them.
+fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<TcpListener> {
     let listen = || -> io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -245,6 +253,9 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
             Some(socket2::Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         socket.set_nonblocking(true)?;
@@ -299,6 +310,10 @@ struct EventLoop<H> {
     /// Connections the fan-out left needing a look (dropped deliveries, a failed write).
     touched: Vec<ConnId>,
     api: Api,
+    /// The Redis broker, when `broker` is set.
+    broker: Option<Broker>,
+    /// A drain waiting for the broker's barrier before its Close frames, until this deadline.
+    drain_barrier: Option<Instant>,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -324,6 +339,22 @@ impl<H: Handler> EventLoop<H> {
         let metrics = Metrics::new(metrics, poll.registry())?;
         let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
+        let mut hub = Hub::default();
+        let broker = (!config.broker.is_empty()).then(|| {
+            hub.set_relay();
+            log::info!(
+                "broker: {} (channels prefixed {:?})",
+                config.broker.join(", "),
+                config.broker_prefix
+            );
+            Broker::new(
+                &config.broker,
+                &config.broker_prefix,
+                config.broker_timeout,
+                config.broker_backoff_max,
+                now,
+            )
+        });
         Ok(EventLoop {
             // Address space for every connection up front; pages are touched only as used.
             conns: Slab::with_capacity(config.max_connections),
@@ -349,7 +380,9 @@ impl<H: Handler> EventLoop<H> {
             metrics,
             notify: Notifier::from_env(),
             pacer: Pacer::default(),
-            hub: Hub::default(),
+            hub,
+            broker,
+            drain_barrier: None,
             handler_timer: None,
             queue,
             jobs: Vec::new(),
@@ -362,7 +395,10 @@ impl<H: Handler> EventLoop<H> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notify.ready(Instant::now(), self.counted);
         loop {
-            let timeout = if self.read_queue.is_empty() && self.jobs.is_empty() {
+            // Work left for the next turn (reads over budget, jobs, publications made by a
+            // handler's on_close during the last fan-out) means no sleeping.
+            let busy = !self.read_queue.is_empty() || !self.jobs.is_empty() || !self.hub.is_idle();
+            let timeout = if !busy {
                 self.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -389,6 +425,11 @@ impl<H: Handler> EventLoop<H> {
                     WAKER => self.take_jobs(),
                     token if metrics::owns(token) => self.serve_metrics(token),
                     token if api::owns(token) => self.serve_api(token),
+                    token if broker::owns(token) => {
+                        if let Some(b) = &mut self.broker {
+                            b.serve(token, &mut self.hub, self.now, self.poll.registry());
+                        }
+                    }
                     token => {
                         let to_eof = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || to_eof;
@@ -399,7 +440,9 @@ impl<H: Handler> EventLoop<H> {
             self.continue_reads();
             self.run_jobs();
             self.fire_handler_timer();
+            self.relay();
             self.fan_out();
+            self.pass_drain_barrier();
             self.expire_timers();
             self.send_paced_closes();
             self.fan_out();
@@ -425,6 +468,8 @@ impl<H: Handler> EventLoop<H> {
             self.api.next_deadline(),
             self.notify.next_wakeup(),
             self.handler_timer,
+            self.broker.as_ref().and_then(Broker::next_deadline),
+            self.drain_barrier,
         ];
         let hook = hooks.into_iter().flatten().min();
         let hook = hook.map(|at| at.saturating_duration_since(now));
@@ -530,7 +575,46 @@ impl<H: Handler> EventLoop<H> {
         }
         self.api.stop_accepting(self.poll.registry());
         // What was published before the signal goes out before any Close.
+        self.relay();
         self.fan_out();
+        if let Some(b) = &mut self.broker {
+            // Publications Redis accepted before the signal come back to this instance too:
+            // the Close frames wait until they are in (bounded by broker_timeout).
+            log::info!("draining: waiting for the broker's publications in flight");
+            self.drain_barrier = Some(b.begin_barrier(self.now));
+            self.drain = Some(Drain {
+                started: self.now,
+                report: DrainReport::default(),
+            });
+            let until = self.now + self.config.drain_bound() + self.config.broker_timeout;
+            self.notify.stopping(self.now, self.conns.len(), until);
+            return;
+        }
+        self.close_all();
+    }
+
+    /// The broker's barrier passed (or timed out): on with the drain's Close frames.
+    fn pass_drain_barrier(&mut self) {
+        let Some(deadline) = self.drain_barrier else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let passed = self
+            .broker
+            .as_mut()
+            .map_or(true, |b| b.barrier_passed(self.now, registry));
+        if passed || self.now >= deadline {
+            if !passed {
+                log::warn!("draining: the broker did not answer in time; closing anyway");
+            }
+            self.drain_barrier = None;
+            self.fan_out();
+            self.close_all();
+        }
+    }
+
+    /// Sends every connection its Close (or paces them over `drain_spread`).
+    fn close_all(&mut self) {
         let spread = self.config.drain_spread;
         log::info!(
             "draining {} connections (close timeout {:?}, spread {:?})",
@@ -538,12 +622,14 @@ impl<H: Handler> EventLoop<H> {
             self.config.close_timeout,
             spread
         );
-        self.drain = Some(Drain {
-            started: self.now,
-            report: DrainReport::default(),
-        });
-        let until = self.now + self.config.drain_bound();
-        self.notify.stopping(self.now, self.conns.len(), until);
+        if self.drain.is_none() {
+            self.drain = Some(Drain {
+                started: self.now,
+                report: DrainReport::default(),
+            });
+            let until = self.now + self.config.drain_bound();
+            self.notify.stopping(self.now, self.conns.len(), until);
+        }
         let ids: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         let mut paced = Vec::new();
         for key in ids {
@@ -810,6 +896,15 @@ impl<H: Handler> EventLoop<H> {
 }
 
 impl<H: Handler> EventLoop<H> {
+    /// Hands the turn's publications and channel changes to the broker (relay mode).
+    fn relay(&mut self) {
+        if let Some(b) = &mut self.broker {
+            let registry = self.poll.registry();
+            b.tick(self.now, registry);
+            b.relay(&mut self.hub, self.now, registry);
+        }
+    }
+
     /// The waker fired: take what other threads queued (run at the end of the turn's events).
     fn take_jobs(&mut self) {
         self.queue.take(JOBS_PER_TURN, &mut self.jobs);

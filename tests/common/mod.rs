@@ -92,6 +92,8 @@ impl Drop for Wsd {
     }
 }
 
+pub mod redis;
+
 pub type Client = tungstenite::WebSocket<TcpStream>;
 
 /// A tungstenite client connected and upgraded.
@@ -580,4 +582,17 @@ impl Wsd {
         let lines = self.log.0.lock().unwrap();
         lines.iter().filter(|l| l.contains(needle)).count()
     }
+}
+
+/// The Python of the tests' virtualenv (Python `websockets`), created by
+/// `scripts/test-venv.sh` on first use.
+pub fn test_python() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-venv.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/test-venv.sh");
+    assert!(out.status.success(), "scripts/test-venv.sh failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
