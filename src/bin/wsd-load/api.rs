@@ -1,6 +1,7 @@
-//! The client side of wsd's HTTP publish API: one keep-alive connection that POSTs a
-//! publication and waits for its answer before sending the next (no pipelining, so the
-//! connection count bounds the requests in flight).
+//! The client side of wsd's HTTP publish API: keep-alive connections POSTing publications.
+//!
+//! Each connection waits for an answer before it sends the next request (no pipelining), so
+//! the connection count bounds the requests in flight.
 //!
 //! The request writer and the response parser are sans-IO (bytes in, bytes out) and tested
 //! here; [`ApiConn`] adds the socket steps a worker drives.

@@ -1,5 +1,7 @@
-//! Pub/sub payloads: the header each publication carries (publisher, channel, sequence number,
-//! send time) and the per-subscriber check of every delivery (lost, duplicated, out of order).
+//! Pub/sub payloads: the stamp each publication carries, and each subscriber's delivery check.
+//!
+//! The stamp says publisher, channel, sequence number and send time; the check finds lost,
+//! duplicated and reordered deliveries and gives each delivery's latency.
 //!
 //! A payload is an ASCII header of [`HEADER_LEN`] bytes, fixed-width lowercase hex fields so it
 //! is read without searching and still legible in a packet capture, then a known filler up to

@@ -157,6 +157,10 @@ struct Publishing {
     blocked: Option<Blocked>,
     /// The publication due now was held back (window or busy publisher) at least once.
     held: bool,
+    /// When a publication last went out or a delivery last settled, and the settled count
+    /// then: a window that stays full longer than `--timeout` means deliveries are being lost.
+    progress_at: Instant,
+    last_settled: u64,
 }
 
 /// What held a due publication back.
@@ -245,6 +249,8 @@ impl Worker {
                 window: 0,
                 blocked: None,
                 held: false,
+                progress_at: Instant::now(),
+                last_settled: 0,
             })
         });
         let connect_interval = opts.rate.map(|r| Duration::from_secs_f64(step as f64 / r));
@@ -568,10 +574,21 @@ impl Worker {
                 if gone {
                     eprintln!("wsd-load: every publisher connection is gone: publishing stops");
                 }
+                let stalled = self.publishing.as_ref().is_some_and(|p| {
+                    p.blocked == Some(Blocked::Window)
+                        && now.saturating_duration_since(p.progress_at) > self.opts.timeout
+                });
+                if stalled {
+                    eprintln!(
+                        "wsd-load: no delivery for {:.1} s with the window full: publishing stops",
+                        self.opts.timeout.as_secs_f64()
+                    );
+                }
                 if end_at.is_some_and(|e| now >= e)
                     || Shared::flag(&self.shared.stop)
                     || left == 0
                     || gone
+                    || stalled
                 {
                     self.stop_publishing();
                 }
@@ -611,6 +628,7 @@ impl Worker {
         if let Some(p) = self.publishing.as_deref_mut() {
             p.window = (self.opts.window as u64 * largest).max(1);
             p.due = now;
+            p.progress_at = now;
         }
         self.sending = true;
     }
@@ -697,6 +715,11 @@ impl Worker {
         };
         let channels = self.opts.channels.unwrap_or(1) as u64;
         p.blocked = None;
+        let settled = self.settled_everywhere();
+        if settled > p.last_settled {
+            p.last_settled = settled;
+            p.progress_at = now;
+        }
         while p.left > 0 && p.interval.map_or(true, |_| p.due <= now) {
             let channel = (p.count % channels) as u32;
             let subs = self.shared.channel_subs[channel as usize].load(Ordering::Acquire);
@@ -724,6 +747,7 @@ impl Worker {
                 break;
             }
             p.held = false;
+            p.progress_at = now;
             p.count += 1;
             p.owed += subs;
             p.left -= 1;
