@@ -15,7 +15,7 @@
 #                             instead (--publishers then counts HTTP connections in all, not
 #                             WebSocket publishers per channel)
 #   CELLS="1x10000 1x10000r20 100x100 1000x1KiBp8"   a subset of the cells below, by name
-#   WINDOW=16        publications in flight in the flat-out cells (wsd-load --window)
+#   WINDOW=16        publications in flight per channel in the flat-out cells (--window)
 #   IDLE="10000 19000"        idle subscribed connections measured (IDLE= skips the cell)
 #   OUT=benches/results/fanout-<UTC time>.md
 #
@@ -24,8 +24,9 @@
 # peer-broadcast does the same. wsd-load's publishers are WebSocket clients of the channel's
 # path (P per channel), its subscribers are -c clients spread over --channels paths /ch0…; every
 # delivery is checked (lost, duplicated, out of order per channel and publisher). Flat-out cells
-# keep WINDOW publications in flight, so they measure delivering, not buffering; their p99 is
-# bounded by that queue (about WINDOW x subscribers / deliveries per second), the same for both.
+# keep WINDOW publications per channel in flight, so they measure delivering, not buffering;
+# their p99 is bounded by that queue (about WINDOW x subscribers / deliveries per second), the
+# same for both servers.
 #
 # Per cell it reports deliveries/s, p99 publish→deliver latency, the server's CPU µs per
 # delivery (user+system time of the server process from /proc/PID/stat over the measured
@@ -200,7 +201,7 @@ cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l
 head = [
     f"wsd {commit}, {os.cpu_count()} cores ({cpu_model}), Linux {platform.release()}; "
     f"server on one core, wsd-load on the other; {duration} s of publishing per run, median of {runs} runs; "
-    f"flat out = {window} publications in flight.",
+    f"flat out = {window} publications in flight per channel.",
     "",
 ]
 idle = open(idle_md).read().strip()

@@ -46,7 +46,8 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 const DEFAULT_SIZE: usize = 16;
 /// Default payload size of a pubsub run (its header alone takes `HEADER_LEN` bytes).
 const DEFAULT_PUBSUB_SIZE: usize = 100;
-/// Default publications in flight (published, not yet delivered to every subscriber).
+/// Default publications in flight per channel (published, not yet delivered to every
+/// subscriber).
 const DEFAULT_WINDOW: usize = 16;
 /// Default channel name prefix: channels are `ch0`, `ch1`, …
 const DEFAULT_CHANNEL_PREFIX: &str = "ch";
@@ -102,7 +103,8 @@ pub struct Options {
     pub api_token: Option<String>,
     /// pubsub: publications per second over all publishers (None: as fast as the window allows).
     pub pub_rate: Option<f64>,
-    /// pubsub: publications in flight, i.e. sent but not yet delivered to every subscriber.
+    /// pubsub: publications in flight per channel, i.e. sent but not yet delivered to every
+    /// subscriber.
     pub window: usize,
 }
 
@@ -168,8 +170,9 @@ come on top, all run on the first thread):
   --pub-rate R              R publications/s in all, channels in turn; latency is then
                             measured from when each was due (less than 1 ms of lateness,
                             the client's own wake-up, excepted) [as fast as the window allows]
-  --window W                publications in flight: sent but not yet delivered to every
-                            subscriber, so the server is measured delivering, not buffering [16]
+  --window W                publications in flight per channel: sent but not yet delivered
+                            to every subscriber (in all, W x subscribers deliveries), so the
+                            server is measured delivering, not buffering      [16]
   -s, --size S              payload bytes, at least 52 (the header: publisher, channel,
                             sequence number, send time)                       [100]
   --binary                  binary messages (default: text)

@@ -324,7 +324,10 @@ impl Report<'_> {
     fn schedule_text(&self) -> String {
         match self.opts.pub_rate {
             Some(r) => format!("{r} publications/s"),
-            None => format!("as fast as a window of {} allows", self.opts.window),
+            None => format!(
+                "as fast as a window of {} per channel allows",
+                self.opts.window
+            ),
         }
     }
 

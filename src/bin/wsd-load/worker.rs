@@ -151,7 +151,8 @@ struct Publishing {
     /// Fixed rate: the interval and when the next publication is due.
     interval: Option<Duration>,
     due: Instant,
-    /// Deliveries allowed outstanding: `--window` publications to the largest channel.
+    /// Deliveries allowed outstanding: `--window` publications to every channel, i.e. the
+    /// window times all the subscribers (channels take turns, so each has about `--window`).
     window: u64,
     /// Why the last attempt stopped before the schedule did, if it did.
     blocked: Option<Blocked>,
@@ -618,15 +619,14 @@ impl Worker {
 
     /// pubsub, worker 0: sizes the window from the subscriber counts and starts the schedule.
     fn start_publishing(&mut self, now: Instant) {
-        let largest = self
+        let subscribers: u64 = self
             .shared
             .channel_subs
             .iter()
             .map(|n| n.load(Ordering::Acquire))
-            .max()
-            .unwrap_or(0);
+            .sum();
         if let Some(p) = self.publishing.as_deref_mut() {
-            p.window = (self.opts.window as u64 * largest).max(1);
+            p.window = (self.opts.window as u64 * subscribers).max(1);
             p.due = now;
             p.progress_at = now;
         }
