@@ -86,12 +86,16 @@ def metrics_pid():
         return None
 
 def proc_figures(pid):
-    rss = None
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return {"rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    """VmRSS and open descriptors of a process (None: it is gone)."""
+    try:
+        rss = None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        return {"pid": pid, "rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    except OSError:
+        return None
 
 class Log:
     """wsd's log file (every process it reloads into writes to the same one), read as it grows."""
@@ -250,6 +254,8 @@ for r in runs:
         name = "warm-up" if k == 0 else "baseline (no reload)" if k == 1 else f"reload {k - 1}"
         lines.append(f"| {name} | {p['connections']:,} | {p['p50']:.1f} | {p['p99']:.1f} | {p['max']:.1f} |")
     reload_periods = periods[2:]
+    base_p99 = periods[1]["p99"] if len(periods) > 1 else float("nan")
+    base_max = periods[1]["max"] if len(periods) > 1 else float("nan")
     s = j["stall_ms"]
     lines.append(f"| whole run (each connection's longest gap) | {s['connections']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
     lines.append("")
@@ -272,10 +278,14 @@ for r in runs:
             lines.append(f"- reload {h['reload']} failed: {h['failed']}")
     lines.append("")
     f0, f1 = r["fresh"], r["after"]
-    drss = (f1["rss_kib"] - f0["rss_kib"]) / f0["rss_kib"] * 100
-    dfd = (f1["fds"] - f0["fds"]) / f0["fds"] * 100
-    lines.append(f"Fresh start: RSS {f0['rss_kib']:,} KiB, {f0['fds']:,} fds; after {reloads} reloads: "
-                 f"RSS {f1['rss_kib']:,} KiB ({drss:+.1f} %), {f1['fds']:,} fds ({dfd:+.1f} %).")
+    if f0 and f1:
+        drss = (f1["rss_kib"] - f0["rss_kib"]) / f0["rss_kib"] * 100
+        dfd = (f1["fds"] - f0["fds"]) / f0["fds"] * 100
+        lines.append(f"Fresh start: RSS {f0['rss_kib']:,} KiB, {f0['fds']:,} fds; after {reloads} reloads: "
+                     f"RSS {f1['rss_kib']:,} KiB ({drss:+.1f} %), {f1['fds']:,} fds ({dfd:+.1f} %).")
+    else:
+        drss = dfd = float("nan")
+        lines.append(f"RSS and fds: wsd was gone when they were read (fresh: {f0}, after: {f1}).")
     lines.append("")
     if w == "echo":
         bad = {"mismatched (wrong, duplicated or reordered)": j["mismatches"], "missing (lost)": j["missing_echoes"]}
@@ -294,6 +304,7 @@ for r in runs:
     lines.append(f"| 0 disconnects | {disconnects} | {verdict(disconnects == 0)} |")
     lines.append(f"| 0 lost, duplicated or reordered | {sum(bad.values())} | {verdict(sum(bad.values()) == 0)} |")
     lines.append(f"| stall p99 ≤ 100 ms (whole run; worst reload) | {s['p99']:.1f} ms; {worst_p99:.1f} ms | {verdict(s['p99'] <= 100)} |")
+    lines.append(f"| (baseline without reloads, for scale) | p99 {base_p99:.1f} ms, max {base_max:.1f} ms | |")
     lines.append(f"| stall max ≤ 250 ms | {s['max']:.1f} ms | {verdict(s['max'] <= 250)} |")
     lines.append(f"| RSS within 5 % of a fresh start | {drss:+.1f} % | {verdict(abs(drss) <= 5)} |")
     lines.append(f"| open fds within 5 % of a fresh start | {dfd:+.1f} % | {verdict(abs(dfd) <= 5)} |")
