@@ -23,7 +23,8 @@
 #   WARMUP=1          seconds of traffic before the baseline period starts (not judged)
 #   WORKLOADS="echo pubsub"
 #   SERVER_CPU=0      core wsd (and every process it reloads into) is pinned to
-#   LOAD_CPU=1        core wsd-load is pinned to
+#   LOAD_CPU=1        core(s) wsd-load is pinned to (a taskset list: "1-3" with LOAD_THREADS=3)
+#   LOAD_THREADS=1    wsd-load's client threads
 #   SRC=127.0.0.2-127.0.0.50   source addresses the clients are spread over
 #   OUT=benches/results/reload-<UTC time>.md   (the raw JSON and wsd's logs are kept beside it)
 #
@@ -32,6 +33,12 @@
 # k+1 holds reload k: the script marks it, waits 0.25 s (wsd-load sees marks within 0.1 s), then
 # sends SIGUSR2. The RSS and fd count of the fresh process are read at the end of the baseline,
 # those after the reloads at the end of the last period: same connections, same traffic.
+#
+# Load: 10,000 clients every 50 ms are 200,000 echoes/s, about what one core of wsd-load (and
+# one of wsd) can do at one message in flight (~9 µs each side per echo on loopback); if the
+# baseline row's stall is already well above INTERVAL, the load generator (or wsd) is saturated
+# and the reload rows measure queueing, not the handover: give wsd-load more cores (LOAD_CPU,
+# LOAD_THREADS), or lengthen INTERVAL.
 #
 # Handover times: "signal → resumed" is from kill -USR2 to the new process's `live upgrade:
 # resumed` line (the log is polled every ms); "signal → /metrics" to the first /metrics answer
@@ -49,6 +56,7 @@ export WARMUP=${WARMUP:-1}
 export WORKLOADS=${WORKLOADS:-"echo pubsub"}
 export SERVER_CPU=${SERVER_CPU:-0}
 export LOAD_CPU=${LOAD_CPU:-1}
+export LOAD_THREADS=${LOAD_THREADS:-1}
 export SRC=${SRC:-127.0.0.2-127.0.0.50}
 export PORT=${PORT:-9331}
 export METRICS_PORT=${METRICS_PORT:-9332}
@@ -135,7 +143,8 @@ def run(workload):
         if first != server.pid:
             raise SystemExit(f"wsd did not start (see {wsd_log})")
         lcmd = ["taskset", "-c", E["LOAD_CPU"], LOAD, workload, "--url", f"ws://127.0.0.1:{port}/",
-                "-c", str(clients), "--src", E["SRC"], "-d", "24h", "--json", "-q"]
+                "-c", str(clients), "--src", E["SRC"], "-d", "24h", "--json", "-q",
+                "--threads", E["LOAD_THREADS"]]
         if workload == "echo":
             lcmd += ["--interval", interval]
         else:
@@ -303,9 +312,9 @@ for r in runs:
     lines.append("|---|---|---|")
     lines.append(f"| 0 disconnects | {disconnects} | {verdict(disconnects == 0)} |")
     lines.append(f"| 0 lost, duplicated or reordered | {sum(bad.values())} | {verdict(sum(bad.values()) == 0)} |")
-    lines.append(f"| stall p99 ≤ 100 ms (whole run; worst reload) | {s['p99']:.1f} ms; {worst_p99:.1f} ms | {verdict(s['p99'] <= 100)} |")
+    lines.append(f"| stall p99 ≤ 100 ms (whole run incl. warm-up; worst reload) | {s['p99']:.1f} ms; {worst_p99:.1f} ms | {verdict(s['p99'] <= 100)} |")
     lines.append(f"| (baseline without reloads, for scale) | p99 {base_p99:.1f} ms, max {base_max:.1f} ms | |")
-    lines.append(f"| stall max ≤ 250 ms | {s['max']:.1f} ms | {verdict(s['max'] <= 250)} |")
+    lines.append(f"| stall max ≤ 250 ms (whole run; worst reload) | {s['max']:.1f} ms; {worst_max:.1f} ms | {verdict(s['max'] <= 250)} |")
     lines.append(f"| RSS within 5 % of a fresh start | {drss:+.1f} % | {verdict(abs(drss) <= 5)} |")
     lines.append(f"| open fds within 5 % of a fresh start | {dfd:+.1f} % | {verdict(abs(dfd) <= 5)} |")
     lines.append(f"| {reloads} reloads succeed | {reloads - r['failures']} | {verdict(r['failures'] == 0)} |")
