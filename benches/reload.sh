@@ -257,16 +257,16 @@ for r in runs:
         lines.append("wsd-load gave no report (see the .load.log beside this file).")
         continue
     periods = j["stall_periods_ms"]
-    lines.append("| period | connections | stall p50 ms | stall p99 ms | stall max ms |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("| period | connections | stall p50 ms | stall p99 ms | stall max ms | dropped |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
     for k, p in enumerate(periods):
         name = "warm-up" if k == 0 else "baseline (no reload)" if k == 1 else f"reload {k - 1}"
-        lines.append(f"| {name} | {p['connections']:,} | {p['p50']:.1f} | {p['p99']:.1f} | {p['max']:.1f} |")
+        lines.append(f"| {name} | {p['connections']:,} | {p['p50']:.1f} | {p['p99']:.1f} | {p['max']:.1f} | {p['disconnects']} |")
     reload_periods = periods[2:]
     base_p99 = periods[1]["p99"] if len(periods) > 1 else float("nan")
     base_max = periods[1]["max"] if len(periods) > 1 else float("nan")
     s = j["stall_ms"]
-    lines.append(f"| whole run (each connection's longest gap) | {s['connections']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    lines.append(f"| whole run (each connection's longest gap) | {s['connections']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} | {j['disconnects']} |")
     lines.append("")
     hs = [h for h in r["handovers"] if "failed" not in h]
     if hs:

@@ -591,8 +591,13 @@ impl Report<'_> {
             stall_text(&st.run)
         );
         if st.periods.len() > 1 {
-            for (k, h) in st.periods.iter().enumerate() {
-                let _ = writeln!(t, "  {:<26} {}", format!("  period {k}"), stall_text(h));
+            for (k, (h, lost)) in st.periods.iter().zip(&st.disconnects).enumerate() {
+                let _ = writeln!(
+                    t,
+                    "  {:<26} {}, {lost} dropped",
+                    format!("  period {k}"),
+                    stall_text(h)
+                );
             }
         }
     }
@@ -600,8 +605,13 @@ impl Report<'_> {
     /// `stall_ms` (over the run) and `stall_periods_ms`, and each server process's CPU.
     fn stall_json(&self, j: &mut Json) {
         let st = &self.stats.stalls;
-        j.raw("stall_ms", &stall_json(&st.run));
-        let periods: Vec<String> = st.periods.iter().map(stall_json).collect();
+        j.raw("stall_ms", &stall_json(&st.run, None));
+        let periods: Vec<String> = st
+            .periods
+            .iter()
+            .zip(&st.disconnects)
+            .map(|(h, &lost)| stall_json(h, Some(lost)))
+            .collect();
         j.raw("stall_periods_ms", &format!("[{}]", periods.join(",")));
         j.num("disconnects", self.stats.lost as f64);
         let mut pids = Json::default();
@@ -823,7 +833,8 @@ fn stall_text(h: &Histogram<u64>) -> String {
     )
 }
 
-fn stall_json(h: &Histogram<u64>) -> String {
+/// Gap percentiles over connections, in ms, and the connections that dropped (per period).
+fn stall_json(h: &Histogram<u64>, disconnects: Option<u64>) -> String {
     let mut j = Json::default();
     let ms = |us: u64| us as f64 / 1000.0;
     let empty = h.is_empty();
@@ -838,6 +849,9 @@ fn stall_json(h: &Histogram<u64>) -> String {
     j.num("p50", at(0.5));
     j.num("p99", at(0.99));
     j.num("max", if empty { 0.0 } else { ms(h.max()) });
+    if let Some(n) = disconnects {
+        j.num("disconnects", n as f64);
+    }
     j.finish()
 }
 
@@ -917,6 +931,24 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stall_json_is_in_milliseconds() {
+        let mut h = crate::stall::gap_histogram();
+        assert_eq!(
+            stall_json(&h, Some(0)),
+            r#"{"connections":0,"p50":0,"p99":0,"max":0,"disconnects":0}"#
+        );
+        for us in [50_000, 60_000, 250_000] {
+            h.record(us).unwrap();
+        }
+        let j = stall_json(&h, None);
+        assert!(j.starts_with(r#"{"connections":3,"p50":60."#), "{j}");
+        assert!(
+            j.contains(r#""max":250."#) && !j.contains("disconnects"),
+            "{j}"
+        );
+    }
 
     #[test]
     fn json_objects_nest_and_escape() {

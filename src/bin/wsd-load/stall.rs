@@ -66,6 +66,8 @@ pub struct Stalls {
     pub run: Histogram<u64>,
     /// Per period (0: before the first SIGUSR1), one sample per connection with a gap in it.
     pub periods: Vec<Histogram<u64>>,
+    /// Per period, connections that dropped while they should have stayed open.
+    pub disconnects: Vec<u64>,
 }
 
 impl Default for Stalls {
@@ -73,6 +75,7 @@ impl Default for Stalls {
         Stalls {
             run: gap_histogram(),
             periods: Vec::new(),
+            disconnects: Vec::new(),
         }
     }
 }
@@ -87,8 +90,15 @@ impl Stalls {
     fn period_mut(&mut self, period: usize) -> &mut Histogram<u64> {
         while self.periods.len() <= period {
             self.periods.push(gap_histogram());
+            self.disconnects.push(0);
         }
         &mut self.periods[period]
+    }
+
+    /// A connection dropped in `period`.
+    pub fn disconnected(&mut self, period: usize) {
+        self.period_mut(period);
+        self.disconnects[period] += 1;
     }
 
     /// Counts a connection's longest gap of `period`.
@@ -110,6 +120,7 @@ impl Stalls {
         let _ = self.run.add(&o.run);
         for (k, h) in o.periods.iter().enumerate() {
             let _ = self.period_mut(k).add(h);
+            self.disconnects[k] += o.disconnects[k];
         }
     }
 }
@@ -188,8 +199,11 @@ mod tests {
         b.record_period(0, Some(70 * MS));
         b.record_finish(2, (Some(200 * MS), Some(200 * MS)));
         b.record_period(3, None);
+        b.disconnected(2);
+        a.disconnected(0);
         a.merge(&b);
         assert_eq!(a.periods.len(), 3);
+        assert_eq!(a.disconnects, vec![1, 0, 1]);
         assert_eq!(a.periods[0].len(), 2);
         assert_eq!(a.periods[1].len(), 0);
         assert_eq!(a.periods[2].max(), a.periods[2].highest_equivalent(200_000));

@@ -1266,6 +1266,7 @@ impl Worker {
             State::Open => {
                 if self.holding && end != End::Mismatch {
                     s.lost += 1;
+                    s.stalls.disconnected(self.period);
                 }
                 if self.opts.mode == Mode::Pubsub {
                     // Later publications to its channel no longer owe it a delivery.
