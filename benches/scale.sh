@@ -290,6 +290,22 @@ head = [
     "time from /proc/PID/stat over the measured window, summed over every server-side process.",
     "",
 ]
+# What one publication costs through the broker, for docs/capacity.md: the extra CPU per
+# delivery times the deliveries per publication, per instance the publication reached (k), and
+# Redis's CPU per message it handled (the PUBLISH in, k messages out).
+per_pub = ["", "Per publication through the broker (for docs/capacity.md: P = wsd + Redis per publication and instance, R = Redis per message):", ""]
+for cell in cells:
+    base = med(cell, "inproc", lambda r: per_delivery(r, "all"))
+    for s, k in (("broker", 1), ("2x", 2)):
+        allc = med(cell, s, lambda r: per_delivery(r, "all"))
+        if base is None or allc is None:
+            continue
+        wsd = med(cell, s, lambda r: per_delivery(r, "wsd"))
+        redis = med(cell, s, lambda r: per_delivery(r, "redis"))
+        dpp = med(cell, s, lambda r: r["result"]["deliveries"] / max(r["result"]["publications"], 1))
+        per_pub.append(f"- {labels.get(cell, cell)}, {names[s]}: {dpp:,.0f} deliveries per publication; "
+                       f"P = {(allc - base) * dpp / k:.2f} µs (wsd {(wsd - base) * dpp / k:.2f}, Redis {redis * dpp / k:.2f}); "
+                       f"R = {redis * dpp / (1 + k):.2f} µs per message")
 cross = ["", "Cross-check, whole wsd-load run (connects and teardown included), all server processes, µs/delivery:", ""]
 for cell in cells:
     parts = []
@@ -298,7 +314,7 @@ for cell in cells:
         if v is not None:
             parts.append(f"{s} {v:.3f}")
     cross.append(f"- {labels.get(cell, cell)}: " + ", ".join(parts))
-text = "\n".join(head + lines + ["", "Targets (issue 10):", ""] + verdicts + cross) + "\n"
+text = "\n".join(head + lines + ["", "Targets (issue 10):", ""] + verdicts + per_pub + cross) + "\n"
 open(out, "w").write(text)
 print(text)
 PY
