@@ -5,6 +5,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Agreed, MAX_EXTENSION_HEADERS};
+
 /// The GUID of §1.3 that every accept key is derived with.
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -19,6 +21,16 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub key: &'a str,
     pub origin: Option<&'a str>,
+    /// The `Sec-WebSocket-Extensions` header values, in order (the first
+    /// [`MAX_EXTENSION_HEADERS`] of them), for [`deflate::negotiate`].
+    pub extensions: [Option<&'a [u8]>; MAX_EXTENSION_HEADERS],
+}
+
+impl<'a> Request<'a> {
+    /// The extension offers, header by header.
+    pub fn extension_values(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.extensions.iter().flatten().copied()
+    }
 }
 
 /// Why a request was refused; each maps to one HTTP status.
@@ -129,6 +141,8 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
     let mut version = None;
     let mut key = None;
     let mut origin = None;
+    let mut extensions = [None; MAX_EXTENSION_HEADERS];
+    let mut n_extensions = 0usize;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -146,6 +160,12 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             key = Some(h.value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = std::str::from_utf8(h.value).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Offers past the first few headers are ignored: declining them is always allowed.
+            if let Some(slot) = extensions.get_mut(n_extensions) {
+                *slot = Some(h.value);
+                n_extensions = n_extensions.saturating_add(1);
+            }
         }
     }
     if !host {
@@ -172,6 +192,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         path,
         key,
         origin,
+        extensions,
     }))
 }
 
@@ -205,11 +226,26 @@ pub fn accept_key(key: &str) -> [u8; 28] {
 
 /// Appends the 101 response that completes the handshake for `key`.
 pub fn write_accept(key: &str, out: &mut Vec<u8>) {
+    write_accept_with(key, None, out);
+}
+
+/// Appends the 101 response for `key`, naming the permessage-deflate parameters agreed (RFC
+/// 7692 §5) if any.
+pub fn write_accept_with(key: &str, deflate: Option<&Agreed>, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(&accept_key(key));
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if let Some(agreed) = deflate {
+        agreed.write_header(out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a request's offers get in `mode`: the parameters to answer with, or `None`.
+pub fn negotiate_deflate(req: &Request<'_>, mode: deflate::Mode) -> Option<Agreed> {
+    deflate::negotiate(req.extension_values(), mode)
 }
 
 /// Most headers a server's handshake response may carry (client side).

@@ -20,7 +20,8 @@ use std::io::IoSlice;
 use slab::Slab;
 
 use crate::conn_id::ConnId;
-use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::deflate::{Deflater, MAX_WINDOW_BITS};
+use crate::protocol::frame::{decode_header, write_frame, write_frame_rsv1, OpCode, Role};
 use crate::protocol::{CloseCode, Message};
 
 use super::name::{is_valid, ChannelError};
@@ -83,6 +84,10 @@ struct Entry {
     delivered: u32,
     /// The target connection went away.
     dead: bool,
+    /// The compressed frame (permessage-deflate), in the arena, when a receiver negotiated the
+    /// extension and compressing made it shorter; `zstart == zend` otherwise.
+    zstart: usize,
+    zend: usize,
 }
 
 struct Channel {
@@ -94,6 +99,8 @@ struct Channel {
     first: u32,
     last: u32,
     tombs: bool,
+    /// A subscriber of this turn's entries negotiated permessage-deflate (set by `mark`).
+    zip: bool,
 }
 
 /// One subscription of a connection: the channel and the connection's index in its list.
@@ -180,6 +187,9 @@ struct Record {
     /// only read for connections marked in the turn being flushed.
     mark: u32,
     how: u8,
+    /// The connection takes the compressed-once frames (permessage-deflate with a window at
+    /// least the hub's).
+    zip: bool,
 }
 
 const SINGLE: u8 = 1;
@@ -204,11 +214,56 @@ pub struct Hub {
     closes: Vec<(ConnId, CloseCode, String)>,
     turn: u32,
     counts: Counts,
+    /// The loop's one compressor: fan-out frames (compressed once for every subscriber that
+    /// negotiated permessage-deflate) and direct replies.
+    deflater: Deflater,
+    /// Window bits of the compressed-once frames, and the size below which none is made.
+    zip_window: u8,
+    zip_threshold: usize,
 }
 
 impl Hub {
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// The loop's compressor.
+    pub fn deflater_mut(&mut self) -> &mut Deflater {
+        &mut self.deflater
+    }
+
+    pub fn deflater(&self) -> &Deflater {
+        &self.deflater
+    }
+
+    /// A hub whose fan-out frames are compressed as [`Hub::set_compression`] says.
+    pub fn with_compression(window_bits: u8, threshold: usize) -> Hub {
+        let mut hub = Hub::default();
+        hub.set_compression(window_bits, threshold);
+        hub
+    }
+
+    /// Sets how fan-out frames are compressed: with a `window_bits` window (a subscriber
+    /// whose agreed window is smaller gets the plain frame), for messages of at least
+    /// `threshold` bytes.
+    pub fn set_compression(&mut self, window_bits: u8, threshold: usize) {
+        self.zip_window = window_bits;
+        self.zip_threshold = threshold;
+    }
+
+    /// Records whether `conn` negotiated permessage-deflate, and the window we may compress
+    /// with for it (called at open, before the handler can subscribe it).
+    pub fn set_deflate(&mut self, conn: ConnId, server_window: Option<u8>) {
+        let zip_window = if self.zip_window == 0 {
+            MAX_WINDOW_BITS
+        } else {
+            self.zip_window
+        };
+        let zip = server_window.is_some_and(|w| w >= zip_window);
+        let key = conn_key(conn);
+        if zip || self.records.get(key as usize).is_some_and(|r| r.zip) {
+            self.record(key).zip = zip;
+        }
     }
 
     /// Channels with at least one subscriber.
@@ -283,6 +338,7 @@ impl Hub {
                     first: NONE,
                     last: NONE,
                     tombs: false,
+                    zip: false,
                 }) as u32;
                 self.names.insert(channel.into(), ch);
                 ch
@@ -330,6 +386,8 @@ impl Hub {
             return;
         };
         let subs = std::mem::take(&mut record.subs);
+        // The key is reused by the next connection, which negotiates for itself.
+        record.zip = false;
         for sub in subs.as_slice() {
             self.leave(sub.channel, sub.pos);
         }
@@ -398,6 +456,8 @@ impl Hub {
             next: NONE,
             delivered: 0,
             dead: false,
+            zstart: 0,
+            zend: 0,
         });
         if c.first == NONE {
             c.first = idx;
@@ -422,6 +482,8 @@ impl Hub {
             next: NONE,
             delivered: 0,
             dead: false,
+            zstart: 0,
+            zend: 0,
         });
     }
 
@@ -451,6 +513,7 @@ impl Hub {
         }
         self.turn = self.turn.wrapping_add(1).max(1);
         self.mark();
+        self.compress_once();
         let Hub {
             channels,
             records,
@@ -470,16 +533,22 @@ impl Hub {
             counts.deliveries += d.queued as u64;
             counts.dropped += d.dropped as u64;
         };
-        // Subscribers of one channel only: a suffix of the channel's slices.
+        let mut zslices: Vec<IoSlice<'_>> = Vec::new();
+        // Subscribers of one channel only: a suffix of the channel's slices (the compressed
+        // frames' list for those that negotiated permessage-deflate).
         for &ch in active.iter() {
             let c = &channels[ch as usize];
             slices.clear();
+            zslices.clear();
             idxs.clear();
             let mut lens: Vec<u32> = Vec::new();
             let mut e = c.first;
             while e != NONE {
                 let entry = &entries[e as usize];
                 slices.push(IoSlice::new(&arena[entry.start..entry.end]));
+                if c.zip {
+                    zslices.push(IoSlice::new(&arena[entry.wire(true)]));
+                }
                 idxs.push(e);
                 lens.push(entry.subs_len);
                 e = entry.next;
@@ -494,26 +563,32 @@ impl Hub {
                 if key == TOMB || records[key as usize].how != SINGLE {
                     continue;
                 }
-                let d = deliver(ConnId(key as usize), &slices[first..]);
+                let list = if records[key as usize].zip {
+                    &zslices
+                } else {
+                    &slices
+                };
+                let d = deliver(ConnId(key as usize), &list[first..]);
                 tally(entries, &idxs[first..], d);
             }
         }
         // Direct sends to connections that got nothing else.
         for i in 0..entries.len() {
+            let entry = entries[i];
             let Entry {
                 target: Target::Conn(key),
                 dead: false,
-                start,
-                end,
                 ..
-            } = entries[i]
+            } = entry
             else {
                 continue;
             };
-            if records[key as usize].how != SINGLE {
+            let record = &records[key as usize];
+            if record.how != SINGLE {
                 continue;
             }
-            let d = deliver(ConnId(key as usize), &[IoSlice::new(&arena[start..end])]);
+            let frame = &arena[entry.wire(record.zip)];
+            let d = deliver(ConnId(key as usize), &[IoSlice::new(frame)]);
             tally(entries, &[i as u32], d);
         }
         // The rest: merged in publication order.
@@ -521,6 +596,7 @@ impl Hub {
             slices.clear();
             idxs.clear();
             let subs = records[key as usize].subs.as_slice();
+            let zip = records[key as usize].zip;
             for (i, e) in entries.iter().enumerate() {
                 let wanted = match e.target {
                     _ if e.dead => false,
@@ -532,7 +608,7 @@ impl Hub {
                     }),
                 };
                 if wanted {
-                    slices.push(IoSlice::new(&arena[e.start..e.end]));
+                    slices.push(IoSlice::new(&arena[e.wire(zip)]));
                     idxs.push(i as u32);
                 }
             }
@@ -540,6 +616,7 @@ impl Hub {
             tally(entries, &idxs, d);
         }
         drop(slices);
+        drop(zslices);
         self.finish_turn();
     }
 
@@ -554,6 +631,7 @@ impl Hub {
             multi,
             ..
         } = self;
+        // Returns whether the connection takes compressed frames.
         let mut mark = |key: u32| {
             let r = &mut records[key as usize];
             if r.mark != turn {
@@ -563,20 +641,67 @@ impl Hub {
                 r.how = MULTI;
                 multi.push(key);
             }
+            r.zip
         };
         for &ch in active.iter() {
-            let c = &channels[ch as usize];
+            let c = &mut channels[ch as usize];
             let max = entries[c.last as usize].subs_len as usize;
+            let mut zip = false;
             for &key in &c.subs[..max] {
                 if key != TOMB {
-                    mark(key);
+                    zip |= mark(key);
                 }
             }
+            c.zip = zip;
         }
         for e in entries.iter() {
             if let (Target::Conn(key), false) = (e.target, e.dead) {
                 mark(key);
             }
+        }
+    }
+
+    /// Compresses, once, each entry that a receiver with permessage-deflate will be handed
+    /// (after `mark`): the compressed frame goes into the arena beside the plain one.
+    fn compress_once(&mut self) {
+        let Hub {
+            channels,
+            records,
+            arena,
+            entries,
+            deflater,
+            zip_window,
+            zip_threshold,
+            ..
+        } = self;
+        let window = if *zip_window == 0 {
+            MAX_WINDOW_BITS
+        } else {
+            *zip_window
+        };
+        for e in entries.iter_mut() {
+            let wanted = match e.target {
+                _ if e.dead => false,
+                Target::Channel(ch) => channels.get(ch as usize).is_some_and(|c| c.zip),
+                Target::Conn(key) => records.get(key as usize).is_some_and(|r| r.zip),
+            };
+            if !wanted {
+                continue;
+            }
+            let Ok(Some(header)) = decode_header(&arena[e.start..e.end], Role::Client) else {
+                continue;
+            };
+            let payload = e.start + header.header_len..e.end;
+            if payload.len() < *zip_threshold {
+                continue;
+            }
+            let compressed = deflater.compress(window, &[], &arena[payload.clone()]);
+            if compressed.len() >= payload.len() {
+                continue; // Incompressible: everyone gets the plain frame.
+            }
+            let zstart = arena.len();
+            write_frame_rsv1(arena, header.opcode, compressed, None);
+            (e.zstart, e.zend) = (zstart, arena.len());
         }
     }
 
@@ -624,6 +749,18 @@ impl Hub {
         c.tombs = false;
         if c.live == 0 {
             self.drop_channel(ch);
+        }
+    }
+}
+
+impl Entry {
+    /// The arena range of the frame a receiver gets: the compressed one if it takes those and
+    /// one was made.
+    fn wire(&self, zip: bool) -> std::ops::Range<usize> {
+        if zip && self.zend > self.zstart {
+            self.zstart..self.zend
+        } else {
+            self.start..self.end
         }
     }
 }

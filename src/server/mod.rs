@@ -324,6 +324,7 @@ impl<H: Handler> EventLoop<H> {
         let metrics = Metrics::new(metrics, poll.registry())?;
         let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
+        let hub = Hub::with_compression(config.fanout_window_bits(), config.compression_threshold);
         Ok(EventLoop {
             // Address space for every connection up front; pages are touched only as used.
             conns: Slab::with_capacity(config.max_connections),
@@ -336,6 +337,7 @@ impl<H: Handler> EventLoop<H> {
                 read: vec![0; READ_BUF_SIZE],
                 cork: Vec::with_capacity(READ_BUF_SIZE),
                 pool: BufPool::default(),
+                inflater: Default::default(),
             },
             wheel: Wheel::new(now),
             due: Vec::new(),
@@ -349,7 +351,7 @@ impl<H: Handler> EventLoop<H> {
             metrics,
             notify: Notifier::from_env(),
             pacer: Pacer::default(),
-            hub: Hub::default(),
+            hub,
             handler_timer: None,
             queue,
             jobs: Vec::new(),
