@@ -308,6 +308,42 @@ fn accept(offer: Offer, mode: Mode) -> Option<Agreed> {
     }
 }
 
+/// The offer a client makes as browsers do: the extension, letting the server bound our window.
+pub const CLIENT_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// A client's view of the server's `permessage-deflate` response (§7.1): `None` if it is not
+/// one this client could have been sent (unknown or repeated parameters, bad values).
+///
+/// The result is seen from the client: the `server_*` fields of [`Agreed`] describe the side
+/// that uses it to compress (the client), the `client_*` fields its peer (the server). The
+/// client compresses every message from an empty dictionary, which is always allowed.
+pub fn client_agreement(value: &[u8]) -> Option<Agreed> {
+    let mut parts = split_outside_quotes(value, b';');
+    let name = parts.next().map(<[u8]>::trim_ascii).unwrap_or_default();
+    if !name.eq_ignore_ascii_case(EXTENSION.as_bytes()) {
+        return None;
+    }
+    let response = parse_offer(parts)?;
+    let server_window = match response.server_window {
+        Some(bits) if bits < MIN_WINDOW_BITS => MIN_WINDOW_BITS,
+        Some(bits) => bits,
+        None => MAX_WINDOW_BITS,
+    };
+    // §7.1.2.2: the response's client_max_window_bits must carry a value.
+    let client_window = match response.client_window {
+        Some(Some(bits)) => bits.max(MIN_WINDOW_BITS),
+        Some(None) => return None,
+        None => MAX_WINDOW_BITS,
+    };
+    Some(Agreed {
+        server_no_context: true,
+        client_no_context: response.server_no_context,
+        server_window: client_window,
+        client_window: server_window,
+        answer: 0,
+    })
+}
+
 /// Keeps the last `keep` bytes of a stream in `window`, after `fresh` was added to it.
 pub fn slide_window(window: &mut Vec<u8>, fresh: &[u8], keep: usize) {
     if keep == 0 {

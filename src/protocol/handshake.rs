@@ -262,6 +262,8 @@ pub enum ResponseError {
     NotUpgraded,
     /// `Sec-WebSocket-Accept` missing or not the one derived from our key (§4.1, item 4).
     BadAccept,
+    /// An extension answer that is not a permessage-deflate one we could have asked for.
+    BadExtension,
 }
 
 impl std::fmt::Display for ResponseError {
@@ -271,6 +273,7 @@ impl std::fmt::Display for ResponseError {
             ResponseError::Status(s) => write!(f, "handshake refused with HTTP {s}"),
             ResponseError::NotUpgraded => f.write_str("response lacks Upgrade/Connection"),
             ResponseError::BadAccept => f.write_str("wrong Sec-WebSocket-Accept"),
+            ResponseError::BadExtension => f.write_str("unexpected Sec-WebSocket-Extensions"),
         }
     }
 }
@@ -288,6 +291,17 @@ pub fn client_key(nonce: [u8; 16]) -> [u8; 24] {
 
 /// Appends a client's upgrade request for `path` on `host` with `key` (§4.1).
 pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
+    write_request_with(host, path, key, None, out);
+}
+
+/// [`write_request`] with an extension offer (a `Sec-WebSocket-Extensions` value).
+pub fn write_request_with(
+    host: &str,
+    path: &str,
+    key: &str,
+    extensions: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     for part in [
         "GET ",
         path,
@@ -295,10 +309,16 @@ pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
         host,
         "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
         key,
-        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
     ] {
         out.extend_from_slice(part.as_bytes());
     }
+    if let Some(value) = extensions {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Checks the server's response head at the start of `buf` against the `key` we sent.
@@ -306,6 +326,16 @@ pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
 /// Returns `Ok(None)` while the head is incomplete, and `Ok(Some(n))` with the length of the
 /// head (frames may follow it in `buf`) once it is a valid 101 for `key`.
 pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseError> {
+    Ok(check_response_ext(buf, key)?.map(|(head, _)| head))
+}
+
+/// [`check_response`] that also reads the server's permessage-deflate answer (client side,
+/// see [`deflate::client_agreement`]); an answer that is not a well-formed permessage-deflate
+/// one fails the handshake (RFC 7692 §5: the client "MUST _Fail the WebSocket Connection_").
+pub fn check_response_ext(
+    buf: &[u8],
+    key: &str,
+) -> Result<Option<(usize, Option<Agreed>)>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -323,8 +353,14 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseEr
     let mut upgrade = false;
     let mut connection = false;
     let mut accept = None;
+    let mut agreed = None;
     for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("upgrade") {
+        if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if agreed.is_some() {
+                return Err(ResponseError::BadExtension);
+            }
+            agreed = Some(deflate::client_agreement(h.value).ok_or(ResponseError::BadExtension)?);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade |= has_token(h.value, "websocket");
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection |= has_token(h.value, "upgrade");
@@ -338,7 +374,7 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseEr
     if accept != Some(accept_key(key).as_slice()) {
         return Err(ResponseError::BadAccept);
     }
-    Ok(Some(head_len))
+    Ok(Some((head_len, agreed)))
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub struct Options {
     pub no_answer_fraction: f64,
     /// A server process whose CPU time (from /proc) is reported per message.
     pub server_pid: Option<u32>,
+    /// Offer permessage-deflate and compress messages when the server accepts it.
+    pub deflate: bool,
 }
 
 pub enum Command {
@@ -91,6 +93,8 @@ common options:
   --rate R                  new connections per second                   [unbounded]
   --timeout T               limit for a connect, handshake, echo or close [10s]
   --server-pid PID          also report that process's CPU time per message (from /proc)
+  --deflate                 offer permessage-deflate as browsers do; when accepted, messages
+                            of 64 bytes or more are sent compressed (text templates compress)
   --json                    print the summary as JSON instead of a table
   -q, --quiet               no progress line on stderr
 echo:
@@ -135,6 +139,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         quiet: false,
         size: 16,
         binary: false,
+        deflate: false,
         pipeline: 1,
         duration: None,
         messages: None,
@@ -166,6 +171,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
                 o.server_pid = Some(v.parse().map_err(|_| format!("--server-pid: {v:?}"))?);
             }
             "--json" => o.json = true,
+            "--deflate" => o.deflate = true,
             "-q" | "--quiet" => o.quiet = true,
             "-s" | "--size" => o.size = parse_size(&value()?)?,
             "--binary" => o.binary = true,

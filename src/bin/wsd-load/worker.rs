@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::cli::{Mode, Options};
-use crate::client::{self, Client, End, State, Template};
+use crate::client::{self, Client, Codec, End, State, Template};
 use crate::report::Stats;
 use crate::sys;
 
@@ -90,6 +90,8 @@ pub struct Worker {
     events: Events,
     clients: Vec<Client>,
     template: Template,
+    /// permessage-deflate (`--deflate`): one compressor and decompressor for the worker.
+    codec: Codec,
     pub stats: Stats,
     published: Published,
     /// Connects and handshakes in progress.
@@ -126,6 +128,7 @@ impl Worker {
             events: Events::with_capacity(EVENTS_CAPACITY),
             clients: Vec::with_capacity(count),
             template,
+            codec: Codec::default(),
             stats: Stats::default(),
             published: Published::default(),
             pending: 0,
@@ -327,7 +330,7 @@ impl Worker {
         }
         let n = (depth - c.in_flight()).min(c.quota);
         if n > 0 {
-            c.queue_messages(&mut self.template, n, now);
+            c.queue_messages(&mut self.template, n, now, &mut self.codec);
             self.in_flight += n;
             self.quota_left = self.quota_left.saturating_sub(n);
         }
@@ -414,11 +417,13 @@ impl Worker {
         };
         match c.state {
             State::Ended => {}
-            State::Connecting => match c.on_connected(&self.opts.host, &self.opts.path) {
-                Ok(true) => self.flush(i),
-                Ok(false) => {}
-                Err(end) => self.end(i, end),
-            },
+            State::Connecting => {
+                match c.on_connected(&self.opts.host, &self.opts.path, self.opts.deflate) {
+                    Ok(true) => self.flush(i),
+                    Ok(false) => {}
+                    Err(end) => self.end(i, end),
+                }
+            }
             State::Upgrading | State::Open | State::Closing => {
                 if writable && c.has_output() {
                     self.flush(i);
@@ -433,7 +438,12 @@ impl Worker {
     fn read(&mut self, i: usize, to_eof: bool) {
         let c = &mut self.clients[i];
         let was_open = c.state == State::Open;
-        let r = c.read_ready(&self.template, &mut self.stats.latency, to_eof);
+        let r = c.read_ready(
+            &self.template,
+            &mut self.stats.latency,
+            to_eof,
+            &mut self.codec,
+        );
         let (started, quota) = (c.started, c.quota);
         let now = Instant::now();
         if r.opened {
