@@ -3,6 +3,13 @@
 # each N given (default 10000 19000). A fresh server per N; the clients are wsd-load idle,
 # spread over source addresses 127.0.0.2-127.0.0.101 so ports never run out.
 # Usage: bash benches/idle_rss.sh [N...]
+# Environment: WSD_ARGS (more server flags) and LOAD_ARGS (more wsd-load idle flags), e.g. the
+# permessage-deflate figures of the README:
+#   LOAD_ARGS=--deflate bash benches/idle_rss.sh 10000                     # shared (default)
+#   WSD_ARGS='--compression context' \
+#   LOAD_ARGS='--deflate --messages-first 4 -s 2KiB' bash benches/idle_rss.sh 10000
+# (with --messages-first each connection echoes that many messages before idling, so context
+# windows are full when RSS is read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
@@ -29,16 +36,20 @@ printf '| idle connections | RSS with none | RSS with N | bytes per connection |
 printf '|---:|---:|---:|---:|\n'
 for n in "${counts[@]}"; do
   port=$((port + 1))
-  ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
+  # shellcheck disable=SC2086 # WSD_ARGS and LOAD_ARGS are word lists
+  ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) ${WSD_ARGS:-} \
     2>/tmp/wsd-idle-rss.log &
   server=$!
   pids+=("$server")
   wait_for_port "$port"
   # Warm the paths a connection takes (handshake, echo, close) before the baseline.
-  ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q >/dev/null 2>&1
+  # shellcheck disable=SC2086
+  ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate} \
+    >/dev/null 2>&1
   base=$(rss_kib "$server")
   log=$(mktemp)
-  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" \
+  # shellcheck disable=SC2086
+  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" ${LOAD_ARGS:-} \
     --src 127.0.0.2-127.0.0.101 --rate 20000 --hold 120s 2>"$log" >/dev/null &
   loader=$!
   pids+=("$loader")
@@ -48,6 +59,8 @@ for n in "${counts[@]}"; do
     sleep 0.1
   done
   grep -q "^established $n" "$log" || { echo "only: $(tail -c 300 "$log")" >&2; exit 1; }
+  # Echoes of --messages-first still in flight settle, and freed buffers go back.
+  [[ "${LOAD_ARGS:-}" != *--messages-first* ]] || sleep 3
   with=$(rss_kib "$server")
   per=$(( (with - base) * 1024 / n ))
   printf '| %d | %d KiB | %d KiB | %d B |\n' "$n" "$base" "$with" "$per"

@@ -64,6 +64,8 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// Offer permessage-deflate and compress messages when the server accepts it.
     pub deflate: bool,
+    /// idle: messages (of `size` bytes) each connection echoes once open, before it idles.
+    pub idle_messages: u64,
 }
 
 pub enum Command {
@@ -105,6 +107,9 @@ echo:
   -m, --messages M          send M messages in total instead
 idle:
   --hold T                  hold the connections for T                   [until SIGINT/SIGTERM]
+  --messages-first K        each connection echoes K messages of -s bytes once open, then
+                            idles (what a connection keeps after traffic, e.g. --deflate
+                            windows)                                     [0]
 drain:
   --no-answer-fraction F    share of connections that never answer the server's Close [0]
   --hold T                  longest wait for the first Close              [until SIGINT/SIGTERM]
@@ -140,6 +145,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         size: 16,
         binary: false,
         deflate: false,
+        idle_messages: 0,
         pipeline: 1,
         duration: None,
         messages: None,
@@ -179,6 +185,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "-d" | "--duration" => o.duration = Some(parse_duration(&value()?)?),
             "-m" | "--messages" => o.messages = Some(parse_count(&value()?)? as u64),
             "--hold" => o.hold = Some(parse_duration(&value()?)?),
+            "--messages-first" => o.idle_messages = parse_count(&value()?)? as u64,
             "--no-answer-fraction" => {
                 let v = value()?;
                 let f: f64 = v

@@ -456,6 +456,15 @@ impl Worker {
             if self.sending {
                 self.top_up(i, now);
             }
+            let first = self.opts.idle_messages;
+            if self.opts.mode == Mode::Idle && first > 0 {
+                // Traffic before idling (--messages-first); its echoes are verified as usual.
+                let c = &mut self.clients[i];
+                c.quota = first;
+                c.queue_messages(&mut self.template, first, now, &mut self.codec);
+                self.in_flight += first;
+                self.flush(i);
+            }
         }
         if r.echoes > 0 {
             self.in_flight -= u64::from(r.echoes);
