@@ -2,8 +2,12 @@
 # Resident memory per idle connection: (RSS with N idle connections - RSS with none) / N, for
 # each N given (default 10000 19000). A fresh server per N; the clients are wsd-load idle,
 # spread over source addresses 127.0.0.2-127.0.0.101 so ports never run out.
-# Usage: bash benches/idle_rss.sh [N...]
-# Environment: WSD_ARGS (more server flags) and LOAD_ARGS (more wsd-load idle flags), e.g. the
+# Usage: bash benches/idle_rss.sh [--pubsub] [--server wsd|broadcast] [N...]
+#   --pubsub            every connection is a subscriber: wsd runs --mode pubsub
+#                       (--client-publish true) and the clients connect to /ch0 (CHANNELS=C
+#                       spreads them over /ch0 … /ch{C-1})
+#   --server broadcast  measure benches/peers' peer-broadcast instead of wsd (implies --pubsub)
+# Environment: WSD_ARGS (more wsd flags) and LOAD_ARGS (more wsd-load idle flags), e.g. the
 # permessage-deflate figures of the README:
 #   LOAD_ARGS=--deflate bash benches/idle_rss.sh 10000                     # shared (default)
 #   WSD_ARGS='--compression context' \
@@ -12,10 +16,28 @@
 # windows are full when RSS is read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-counts=("$@")
+pubsub=
+server=wsd
+counts=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --pubsub) pubsub=1 ;;
+    --server) server=${2:?--server needs wsd or broadcast}; shift ;;
+    *) counts+=("$1") ;;
+  esac
+  shift
+done
 [ ${#counts[@]} -gt 0 ] || counts=(10000 19000)
+case $server in
+  wsd) ;;
+  broadcast) pubsub=1 ;;
+  *) echo "unknown server $server (wsd or broadcast)" >&2; exit 2 ;;
+esac
 
 cargo build --release --quiet --bin wsd --bin wsd-load
+if [ "$server" = broadcast ]; then
+  (cd benches/peers && cargo build --release --quiet --bin peer-broadcast)
+fi
 port=$((20000 + RANDOM % 20000))
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -32,24 +54,50 @@ wait_for_port() {
   return 1
 }
 
+start_server() {
+  local n=$1
+  case $server in
+    wsd)
+      local mode=()
+      [ -n "$pubsub" ] && mode=(--mode pubsub --client-publish true)
+      # shellcheck disable=SC2086 # WSD_ARGS is a word list
+      ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
+        "${mode[@]}" ${WSD_ARGS:-} 2>/tmp/wsd-idle-rss.log &
+      ;;
+    broadcast)
+      benches/peers/target/release/peer-broadcast --listen "127.0.0.1:$port" \
+        2>/tmp/wsd-idle-rss.log &
+      ;;
+  esac
+}
+
+# Warm the paths a connection takes (handshake, a message each way, close) before the
+# baseline; in pub/sub a client's message comes back to it as a publication.
+warm_up() {
+  if [ -n "$pubsub" ]; then
+    ./target/release/wsd-load pubsub --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q
+  else
+    # shellcheck disable=SC2086
+    ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate}
+  fi
+}
+
+channels=()
+[ -n "$pubsub" ] && channels=(--channels "${CHANNELS:-1}")
+
 printf '| idle connections | RSS with none | RSS with N | bytes per connection |\n'
 printf '|---:|---:|---:|---:|\n'
 for n in "${counts[@]}"; do
   port=$((port + 1))
-  # shellcheck disable=SC2086 # WSD_ARGS and LOAD_ARGS are word lists
-  ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) ${WSD_ARGS:-} \
-    2>/tmp/wsd-idle-rss.log &
-  server=$!
-  pids+=("$server")
+  start_server "$n"
+  server_pid=$!
+  pids+=("$server_pid")
   wait_for_port "$port"
-  # Warm the paths a connection takes (handshake, echo, close) before the baseline.
-  # shellcheck disable=SC2086
-  ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate} \
-    >/dev/null 2>&1
-  base=$(rss_kib "$server")
+  warm_up >/dev/null 2>&1
+  base=$(rss_kib "$server_pid")
   log=$(mktemp)
-  # shellcheck disable=SC2086
-  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" ${LOAD_ARGS:-} \
+  # shellcheck disable=SC2086 # LOAD_ARGS is a word list
+  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" "${channels[@]}" ${LOAD_ARGS:-} \
     --src 127.0.0.2-127.0.0.101 --rate 20000 --hold 120s 2>"$log" >/dev/null &
   loader=$!
   pids+=("$loader")
@@ -61,10 +109,10 @@ for n in "${counts[@]}"; do
   grep -q "^established $n" "$log" || { echo "only: $(tail -c 300 "$log")" >&2; exit 1; }
   # Echoes of --messages-first still in flight settle, and freed buffers go back.
   [[ "${LOAD_ARGS:-}" != *--messages-first* ]] || sleep 3
-  with=$(rss_kib "$server")
+  with=$(rss_kib "$server_pid")
   per=$(( (with - base) * 1024 / n ))
   printf '| %d | %d KiB | %d KiB | %d B |\n' "$n" "$base" "$with" "$per"
-  kill "$loader" "$server" 2>/dev/null || true
-  wait "$loader" "$server" 2>/dev/null || true
+  kill "$loader" "$server_pid" 2>/dev/null || true
+  wait "$loader" "$server_pid" 2>/dev/null || true
   rm -f "$log"
 done

@@ -65,6 +65,16 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// Bearer token every API request must carry; empty: none needed.
     pub api_token: String,
+    /// Bind `listen` (and `api_listen`) with `SO_REUSEPORT`, so several wsd processes share it.
+    pub reuse_port: bool,
+    /// Redis URLs of the broker (channels sharded over them); empty: pub/sub stays in-process.
+    pub broker: Vec<String>,
+    /// Prefix of wsd's channels in Redis.
+    pub broker_prefix: String,
+    /// Longest wait between reconnects to a Redis that is down.
+    pub broker_backoff_max: Duration,
+    /// Time Redis has to answer a PING before it is treated as down.
+    pub broker_timeout: Duration,
 }
 
 /// What the daemon does with messages (`mode`).
@@ -471,6 +481,65 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "reuse_port",
+        default: "false",
+        doc: "bind listen and api_listen with SO_REUSEPORT so that several wsd processes share them",
+        kind: Kind::Bool,
+        apply: |c, v| {
+            c.reuse_port = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "broker",
+        default: "",
+        doc: "Redis URLs (redis://HOST:PORT) that carry publications between instances, channels sharded over them; empty: in-process",
+        kind: Kind::List,
+        apply: |c, v| {
+            let urls: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect();
+            for url in &urls {
+                crate::pubsub::redis::parse_url(url)?;
+            }
+            c.broker = urls;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "broker_prefix",
+        default: "wsd:",
+        doc: "prefix of wsd's channel names in Redis",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.broker_prefix = v.to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        name: "broker_backoff_max",
+        default: "5s",
+        doc: "longest wait between reconnects to a Redis that is down (jittered exponential backoff)",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.broker_backoff_max = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "broker_timeout",
+        default: "2s",
+        doc: "time Redis has to answer a PING (sent every half of it) before it counts as down",
+        kind: Kind::Duration,
+        apply: |c, v| {
+            c.broker_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
 ];
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -549,6 +618,11 @@ impl Default for Config {
             client_publish: false,
             api_listen: None,
             api_token: String::new(),
+            reuse_port: false,
+            broker: Vec::new(),
+            broker_prefix: String::new(),
+            broker_backoff_max: Duration::ZERO,
+            broker_timeout: Duration::ZERO,
         };
         for s in SETTINGS {
             // The defaults are constants of this file; `tests::defaults_parse` proves them.
@@ -642,6 +716,15 @@ impl Config {
         }
         if self.max_connections > MAX_CONNECTIONS_LIMIT {
             return Err(bad("max_connections", "must be at most 2147483647"));
+        }
+        if self.broker.len() > crate::server::MAX_SHARDS {
+            return Err(bad("broker", "at most 64 Redis URLs"));
+        }
+        if self.broker_timeout < Duration::from_millis(10) {
+            return Err(bad("broker_timeout", "must be at least 10ms"));
+        }
+        if self.broker_backoff_max < Duration::from_millis(100) {
+            return Err(bad("broker_backoff_max", "must be at least 100ms"));
         }
         if self.max_channels_per_connection == 0 {
             return Err(bad("max_channels_per_connection", "must be at least 1"));

@@ -312,3 +312,76 @@ fn fan_out_compresses_once_for_mixed_subscribers() {
     assert_eq!(m["wsd_deflate_messages_total{direction=\"out\"}"], 1.0);
     assert_eq!(m["wsd_deliveries_total"], 7.0);
 }
+
+/// The pid of the process serving `metrics` (from `wsd_build_info`).
+fn serving_pid(metrics: SocketAddr) -> i32 {
+    let m = scrape(metrics);
+    let key = m
+        .keys()
+        .find(|k| k.starts_with("wsd_build_info"))
+        .expect("wsd_build_info")
+        .clone();
+    key.split("pid=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a pid label")
+}
+
+/// Context takeover survives a live upgrade: the windows of both directions and a compressed
+/// message cut mid-fragment move to the new process, whose next echo refers back into them.
+#[test]
+fn context_windows_cross_a_live_upgrade() {
+    let wsd = Wsd::start(&[
+        "--compression",
+        "context",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let (mut s, head) = handshake_with(wsd.addr, OFFER);
+    assert_eq!(
+        extension_line(&head),
+        Some("permessage-deflate; server_max_window_bits=12; client_max_window_bits=12")
+    );
+    let mut client_window: Vec<u8> = Vec::new(); // What we sent: the server's dictionary.
+    let mut server_window: Vec<u8> = Vec::new(); // What it sent: our dictionary.
+    let mut deflater = Deflater::default();
+    let mut inflater = Inflater::default();
+    let mut echo = |s: &mut TcpStream, text: &[u8], cut: bool| {
+        let z = deflater.compress(12, &client_window, text).to_vec();
+        client_window.extend_from_slice(text);
+        if cut {
+            // Half the message before the upgrade, the rest after it.
+            let (a, b) = z.split_at(z.len() / 2);
+            s.write_all(&zframe(false, 1, a)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let pid = serving_pid(wsd.metrics_addr());
+            // SAFETY: kill(2) with a pid read from the server itself.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+            assert!(wsd.wait_for_log_count("live upgrade: resumed", 1));
+            assert_ne!(serving_pid(wsd.metrics_addr()), pid);
+            s.write_all(&frame(true, 0, b)).unwrap();
+        } else {
+            s.write_all(&zframe(true, 1, &z)).unwrap();
+        }
+        let (rsv1, f) = read_frame_rsv(s);
+        assert!(rsv1);
+        let plain = inflater
+            .inflate(&server_window, &[&f.payload], usize::MAX)
+            .unwrap()
+            .to_vec();
+        server_window.extend_from_slice(&plain);
+        assert_eq!(plain, text);
+        f.payload.len()
+    };
+    let message = JSON.repeat(3);
+    let first = echo(&mut s, message.as_bytes(), false);
+    // The same message again: with context it is a back-reference of a few bytes.
+    let second = echo(&mut s, message.as_bytes(), false);
+    assert!(second * 4 < first, "{second} vs {first}");
+    let across = echo(&mut s, message.as_bytes(), true);
+    assert!(
+        across * 4 < first,
+        "{across} vs {first}: context lost in the upgrade"
+    );
+}

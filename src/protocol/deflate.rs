@@ -92,6 +92,35 @@ impl Agreed {
         }
     }
 
+    /// The agreement as plain bytes (for a live upgrade's state).
+    pub fn to_bytes(&self) -> [u8; 5] {
+        [
+            u8::from(self.server_no_context),
+            u8::from(self.client_no_context),
+            self.server_window,
+            self.client_window,
+            self.answer,
+        ]
+    }
+
+    /// An agreement from [`Agreed::to_bytes`]; `None` if the bytes are not one.
+    pub fn from_bytes(bytes: [u8; 5]) -> Option<Agreed> {
+        let [server_no_context, client_no_context, server_window, client_window, answer] = bytes;
+        let flag = |b: u8| (b <= 1).then_some(b == 1);
+        let window = |w: u8| {
+            (MIN_WINDOW_BITS..=MAX_WINDOW_BITS)
+                .contains(&w)
+                .then_some(w)
+        };
+        Some(Agreed {
+            server_no_context: flag(server_no_context)?,
+            client_no_context: flag(client_no_context)?,
+            server_window: window(server_window)?,
+            client_window: window(client_window)?,
+            answer: (answer <= (ANSWER_SERVER_WINDOW | ANSWER_CLIENT_WINDOW)).then_some(answer)?,
+        })
+    }
+
     /// The same agreement used without our context: a message compressed from an empty
     /// dictionary, always valid (context takeover lets us refer back, never makes us).
     pub fn without_server_context(mut self) -> Agreed {

@@ -85,6 +85,11 @@ impl Assembler {
         self.open.is_some() && self.compressed
     }
 
+    /// Marks the open message (resumed by [`Assembler::from_parts`]) as compressed.
+    pub fn set_compressed(&mut self, compressed: bool) {
+        self.compressed = compressed && self.open.is_some();
+    }
+
     /// Starts a fragmented message with its first frame's payload (still compressed if
     /// `compressed`).
     pub fn start_message(&mut self, kind: DataKind, compressed: bool, payload: &[u8]) {
@@ -158,6 +163,22 @@ impl Assembler {
 
     pub fn has_buffer(&self) -> bool {
         self.buf.capacity() != 0
+    }
+
+    /// The message in progress as plain data: its kind, its bytes so far, and the UTF-8 bytes
+    /// carried to the next fragment.
+    pub fn parts(&self) -> (Option<DataKind>, &[u8], &[u8]) {
+        (self.open, &self.buf, self.utf8.carried())
+    }
+
+    /// An assembler in the state [`Assembler::parts`] described.
+    pub fn from_parts(open: Option<DataKind>, buf: Vec<u8>, carried: &[u8]) -> Option<Assembler> {
+        Some(Assembler {
+            open,
+            compressed: false,
+            buf,
+            utf8: Utf8Validator::resume(carried)?,
+        })
     }
 }
 

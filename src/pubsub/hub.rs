@@ -43,6 +43,18 @@ pub enum Ticket {
     Done(u32),
     /// The entry's count, readable with [`Hub::delivered`] after the next flush.
     Pending(u32),
+    /// Handed to the broker as publication `id`; the broker answers for it.
+    Remote(u64),
+}
+
+/// A publication for the broker to send (relay mode): every instance, this one included, gets
+/// it back from the broker and delivers it locally.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub id: u64,
+    pub channel: String,
+    pub text: bool,
+    pub payload: Vec<u8>,
 }
 
 /// What writing to one connection did, as the loop reports it to [`Hub::flush`].
@@ -220,9 +232,36 @@ pub struct Hub {
     /// Window bits of the compressed-once frames, and the size below which none is made.
     zip_window: u8,
     zip_threshold: usize,
+    /// Publications go to the broker instead of straight to local subscribers.
+    relay: bool,
+    outbox: Vec<Outbound>,
+    /// Channels that got their first local subscriber (true) or lost their last (false), in
+    /// order, for the broker to subscribe and unsubscribe (relay mode only).
+    changes: Vec<(String, bool)>,
+    next_remote: u64,
 }
 
 impl Hub {
+    /// Publications are relayed through a broker from now on (see [`Hub::take_outbox`]).
+    pub fn set_relay(&mut self) {
+        self.relay = true;
+    }
+
+    /// The publications to send to the broker.
+    pub fn take_outbox(&mut self) -> Vec<Outbound> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The channel subscriptions to make and end at the broker, in order.
+    pub fn take_changes(&mut self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Names of the channels with local subscribers.
+    pub fn channel_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.channels.iter().map(|(_, c)| &*c.name)
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts
     }
@@ -275,9 +314,12 @@ impl Hub {
         self.subscriptions
     }
 
-    /// Whether anything waits to be flushed.
+    /// Whether anything waits to be flushed (or relayed).
     pub fn is_idle(&self) -> bool {
-        self.entries.is_empty() && self.closes.is_empty()
+        self.entries.is_empty()
+            && self.closes.is_empty()
+            && self.outbox.is_empty()
+            && self.changes.is_empty()
     }
 
     /// Whether the turn has entries (a reply sent now would overtake them).
@@ -341,6 +383,9 @@ impl Hub {
                     zip: false,
                 }) as u32;
                 self.names.insert(channel.into(), ch);
+                if self.relay {
+                    self.changes.push((channel.to_string(), true));
+                }
                 ch
             }
         };
@@ -423,11 +468,23 @@ impl Hub {
     fn drop_channel(&mut self, ch: u32) {
         let c = self.channels.remove(ch as usize);
         self.names.remove(&c.name);
+        if self.relay {
+            self.changes.push((c.name.into(), false));
+        }
     }
 
     /// Frames `message` once for every subscriber of `channel`; delivered at the next flush.
+    /// In relay mode it goes to the broker instead (`channel` must then be a valid name).
     pub fn publish(&mut self, channel: &str, message: Message<'_>) -> Ticket {
         self.counts.publications += 1;
+        if self.relay {
+            return self.relay_out(channel.to_string(), message);
+        }
+        self.publish_local(channel, message)
+    }
+
+    /// Frames `message` for the local subscribers of `channel` only (what the broker delivers).
+    pub fn publish_local(&mut self, channel: &str, message: Message<'_>) -> Ticket {
         match self.names.get(channel) {
             Some(&ch) => self.publish_to(ch, message),
             None => Ticket::Done(0),
@@ -438,7 +495,23 @@ impl Hub {
     pub fn publish_first(&mut self, conn: ConnId, message: Message<'_>) -> Option<Ticket> {
         let ch = self.records.get(conn.0)?.subs.as_slice().first()?.channel;
         self.counts.publications += 1;
+        if self.relay {
+            let name = self.channels[ch as usize].name.to_string();
+            return Some(self.relay_out(name, message));
+        }
         Some(self.publish_to(ch, message))
+    }
+
+    fn relay_out(&mut self, channel: String, message: Message<'_>) -> Ticket {
+        self.next_remote += 1;
+        let id = self.next_remote;
+        self.outbox.push(Outbound {
+            id,
+            channel,
+            text: message.is_text(),
+            payload: message.as_bytes().to_vec(),
+        });
+        Ticket::Remote(id)
     }
 
     fn publish_to(&mut self, ch: u32, message: Message<'_>) -> Ticket {
@@ -497,11 +570,13 @@ impl Hub {
         std::mem::take(&mut self.closes)
     }
 
-    /// Subscribers a publication was queued for, once its turn was flushed.
-    pub fn delivered(&self, ticket: Ticket) -> u32 {
+    /// Subscribers a publication was queued for, once its turn was flushed (`None` for a
+    /// relayed one: the broker answers for those).
+    pub fn delivered(&self, ticket: Ticket) -> Option<u32> {
         match ticket {
-            Ticket::Done(n) => n,
-            Ticket::Pending(i) => self.results.get(i as usize).copied().unwrap_or(0),
+            Ticket::Done(n) => Some(n),
+            Ticket::Pending(i) => Some(self.results.get(i as usize).copied().unwrap_or(0)),
+            Ticket::Remote(_) => None,
         }
     }
 
@@ -832,7 +907,7 @@ mod tests {
                 (3, vec!["s1".to_string()])
             ]
         );
-        assert_eq!((hub.delivered(t1), hub.delivered(t2)), (3, 3));
+        assert_eq!((hub.delivered(t1), hub.delivered(t2)), (Some(3), Some(3)));
         assert_eq!(hub.counts().deliveries, 7);
         assert_eq!(hub.counts().publications, 4);
         assert!(hub.is_idle());
@@ -901,6 +976,37 @@ mod tests {
         assert_eq!(got, vec![(1, vec!["0".into(), "1".into()])]);
         assert_eq!(hub.counts().dropped, 3);
         assert_eq!(hub.counts().deliveries, 2);
+    }
+
+    #[test]
+    fn relay_mode_hands_publications_and_channel_changes_to_the_broker() {
+        let mut hub = Hub::default();
+        hub.set_relay();
+        hub.subscribe(ConnId(1), "a").unwrap();
+        hub.subscribe(ConnId(2), "a").unwrap();
+        let t = hub.publish("a", text("x"));
+        assert_eq!(t, Ticket::Remote(1));
+        assert_eq!(
+            hub.publish_first(ConnId(2), Message::Binary(b"y")),
+            Some(Ticket::Remote(2))
+        );
+        assert!(!hub.is_idle());
+        let out = hub.take_outbox();
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[1].channel.as_str(), out[1].text, &out[1].payload[..]),
+            ("a", false, &b"y"[..])
+        );
+        // Nothing was delivered locally: that waits for the broker.
+        assert_eq!(flush(&mut hub, usize::MAX), vec![]);
+        hub.publish_local("a", text("back"));
+        assert_eq!(flush(&mut hub, usize::MAX).len(), 2);
+        hub.remove_conn(ConnId(1));
+        hub.remove_conn(ConnId(2));
+        assert_eq!(
+            hub.take_changes(),
+            vec![("a".to_string(), true), ("a".to_string(), false)]
+        );
     }
 
     #[test]

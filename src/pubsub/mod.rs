@@ -4,11 +4,13 @@
 //! - [`hub`]: the registry (channel → subscribers) and one loop turn's publications, framed
 //!   once and handed to each subscriber as slices of shared bytes.
 //! - [`api`]: the HTTP publish API's requests, parsed sans-IO.
+//! - [`redis`]: the broker's Redis commands and replies, sans-IO.
 //! - [`remote`]: [`Publisher`], the `Send` handle other threads publish through.
 
 pub mod api;
 pub mod hub;
 pub mod name;
+pub mod redis;
 pub mod remote;
 
 pub use hub::{Delivered, Hub, Ticket};

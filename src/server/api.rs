@@ -21,7 +21,9 @@ use crate::protocol::Message;
 use crate::pubsub::api::{self, Request, MAX_HEAD};
 use crate::pubsub::{Hub, Ticket};
 
+use super::broker::Broker;
 use super::metrics::snapshot;
+use super::upgrade::ApiConnState;
 use super::EventLoop;
 
 /// The API listener's token.
@@ -90,6 +92,62 @@ impl Api {
             api.listener = Some(l);
         }
         Ok(api)
+    }
+
+    /// The listener's descriptor (for a live upgrade).
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Whether answers wait for the fan-out or the broker.
+    pub fn has_waiting_answers(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// The connections that can move in a live upgrade (those between requests) and their
+    /// descriptors; the others (closing) are left to end with this process.
+    pub fn export(&self) -> Vec<(std::os::fd::RawFd, ApiConnState)> {
+        use std::os::fd::AsRawFd;
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.answers.is_empty() && !c.lingering)
+            .map(|(_, c)| {
+                let state = ApiConnState {
+                    input: c.input.clone(),
+                    output: c.out[c.out_pos..].to_vec(),
+                    last: c.last,
+                };
+                (c.sock.as_raw_fd(), state)
+            })
+            .collect()
+    }
+
+    /// Resumes a connection handed over by a live upgrade.
+    pub fn import(
+        &mut self,
+        mut sock: TcpStream,
+        state: ApiConnState,
+        now: Instant,
+        registry: &Registry,
+    ) -> io::Result<()> {
+        if self.conns.len() >= MAX_API_CONNECTIONS {
+            return Ok(());
+        }
+        let entry = self.conns.vacant_entry();
+        let token = Token(API_START + entry.key());
+        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(ApiConn {
+            sock,
+            input: state.input,
+            out: state.output,
+            out_pos: 0,
+            answers: VecDeque::new(),
+            last: state.last,
+            lingering: false,
+            deadline: now + API_IDLE_TIMEOUT,
+        });
+        Ok(())
     }
 
     /// The drain began: no new API connections (open ones get 503 for publishes).
@@ -297,9 +355,9 @@ impl<H: Handler> EventLoop<H> {
             if pending {
                 self.api.waiting.push(key);
             } else {
-                let hub = &self.hub;
+                let mut resolve = |t: Ticket| resolve(t, &self.hub, self.broker.as_mut());
                 if let Some(c) = self.api.conns.get_mut(key) {
-                    render_answers(c, hub, &mut self.api.requests);
+                    render_answers(c, &mut resolve, &mut self.api.requests);
                 }
             }
         }
@@ -311,15 +369,17 @@ impl<H: Handler> EventLoop<H> {
         if self.api.waiting.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut self.api.waiting);
-        for &key in &waiting {
-            if let Some(c) = self.api.conns.get_mut(key) {
-                render_answers(c, &self.hub, &mut self.api.requests);
-            }
+        let mut waiting = std::mem::take(&mut self.api.waiting);
+        waiting.retain(|&key| {
+            let mut resolve = |t: Ticket| resolve(t, &self.hub, self.broker.as_mut());
+            let Some(c) = self.api.conns.get_mut(key) else {
+                return false;
+            };
+            let done = render_answers(c, &mut resolve, &mut self.api.requests);
             self.api.write(key, self.now, self.poll.registry());
-        }
+            !done // Answers still waiting for the broker stay in the list.
+        });
         self.api.waiting = waiting;
-        self.api.waiting.clear();
     }
 }
 
@@ -383,8 +443,35 @@ fn respond(
     }
 }
 
-/// Moves the answers that can be given now (all of them after a fan-out) into the output.
-fn render_answers(c: &mut ApiConn, hub: &Hub, requests: &mut BTreeMap<u16, u64>) {
+/// How a publication ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Queued for this many local subscribers.
+    Local(u32),
+    /// Accepted by Redis, which handed it to this many wsd instances.
+    Instances(u32),
+    /// Not delivered: the broker is down or refused it.
+    Failed,
+}
+
+/// The outcome of a publication, once known.
+fn resolve(ticket: Ticket, hub: &Hub, broker: Option<&mut Broker>) -> Option<Outcome> {
+    match ticket {
+        Ticket::Remote(id) => match broker?.take_result(id)? {
+            Some(n) => Some(Outcome::Instances(n)),
+            None => Some(Outcome::Failed),
+        },
+        local => hub.delivered(local).map(Outcome::Local),
+    }
+}
+
+/// Moves the answers that can be given now into the output, in order; returns whether all
+/// were given (a publication the broker has not confirmed yet holds back the rest).
+fn render_answers(
+    c: &mut ApiConn,
+    resolve: &mut dyn FnMut(Ticket) -> Option<Outcome>,
+    requests: &mut BTreeMap<u16, u64>,
+) -> bool {
     while let Some(answer) = c.answers.pop_front() {
         match answer {
             Answer::Ready(bytes) => c.out.extend_from_slice(&bytes),
@@ -393,22 +480,43 @@ fn render_answers(c: &mut ApiConn, hub: &Hub, requests: &mut BTreeMap<u16, u64>)
                 channel,
                 keep_alive,
             } => {
-                let body = format!(
-                    "{{\"channel\":\"{channel}\",\"subscribers\":{}}}\n",
-                    hub.delivered(ticket)
-                );
+                let Some(outcome) = resolve(ticket) else {
+                    c.answers.push_front(Answer::Publish {
+                        ticket,
+                        channel,
+                        keep_alive,
+                    });
+                    return false;
+                };
+                let (status, body) = match outcome {
+                    Outcome::Local(n) => (
+                        200,
+                        format!("{{\"channel\":\"{channel}\",\"subscribers\":{n}}}\n"),
+                    ),
+                    Outcome::Instances(n) => (
+                        200,
+                        format!("{{\"channel\":\"{channel}\",\"instances\":{n}}}\n"),
+                    ),
+                    Outcome::Failed => (
+                        503,
+                        format!(
+                            "{{\"channel\":\"{channel}\",\"error\":\"broker unavailable: not published\"}}\n"
+                        ),
+                    ),
+                };
                 api::write_response(
                     &mut c.out,
-                    200,
+                    status,
                     "application/json",
                     "",
                     body.as_bytes(),
                     keep_alive,
                 );
-                *requests.entry(200).or_default() += 1;
+                *requests.entry(status).or_default() += 1;
             }
         }
     }
+    true
 }
 
 #[cfg(test)]

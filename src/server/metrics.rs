@@ -102,6 +102,7 @@ pub struct PubSubSnapshot<'a> {
     pub counts: Counts,
     /// Publish API requests answered, by status.
     pub api_requests: Option<&'a BTreeMap<u16, u64>>,
+    pub broker: Option<&'a super::broker::Broker>,
 }
 
 /// The [`Snapshot`] of a loop, from its fields (a macro so that it borrows only those fields).
@@ -117,6 +118,7 @@ macro_rules! snapshot {
                 subscriptions: $lp.hub.subscription_count(),
                 counts: $lp.hub.counts(),
                 api_requests: Some(&$lp.api.requests),
+                broker: $lp.broker.as_ref(),
             },
             deflate: $crate::server::metrics::DeflateSnapshot {
                 compressed: $lp.hub.deflater().counts(),
@@ -270,6 +272,19 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ];
         metric(name, "counter", help, &samples);
     }
+    metric(
+        "wsd_build_info",
+        "gauge",
+        "The running binary's version and process id (a live upgrade changes the pid).",
+        &[(
+            format!(
+                "{{version=\"{}\",pid=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+            1,
+        )],
+    );
     if let Some(requests) = ps.api_requests {
         let requests: Vec<_> = requests
             .iter()
@@ -280,6 +295,40 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "counter",
             "Publish API requests answered, by status (503: publications refused while draining).",
             &requests,
+        );
+    }
+    if let Some(broker) = ps.broker {
+        let shards: Vec<_> = broker.shard_stats().collect();
+        let per_shard =
+            |value: &dyn Fn(&super::broker::ShardStats<'_>) -> u64| -> Vec<(String, u64)> {
+                shards
+                    .iter()
+                    .map(|s| (format!("{{url=\"{}\"}}", s.url), value(s)))
+                    .collect()
+            };
+        metric(
+            "wsd_broker_up",
+            "gauge",
+            "1 while the Redis shard answers, 0 while it is down.",
+            &per_shard(&|s| u64::from(s.up)),
+        );
+        metric(
+            "wsd_broker_connects_total",
+            "counter",
+            "Times the Redis shard came up (the first connect included).",
+            &per_shard(&|s| s.reconnects),
+        );
+        metric(
+            "wsd_broker_resubscribe_milliseconds",
+            "gauge",
+            "Time the last (re)connect took to subscribe every channel with local subscribers again.",
+            &per_shard(&|s| (s.resubscribe_seconds * 1000.0).round() as u64),
+        );
+        metric(
+            "wsd_broker_publish_failed_total",
+            "counter",
+            "Publications not sent or not confirmed because the broker was down (never reported as delivered).",
+            &[(String::new(), broker.failed)],
         );
     }
     let rejected: Vec<_> = st
@@ -338,6 +387,12 @@ impl Metrics {
             metrics.listener = Some(l);
         }
         Ok(metrics)
+    }
+
+    /// The listener's descriptor (for a live upgrade).
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
     }
 
     /// The earliest scrape deadline.

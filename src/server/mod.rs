@@ -7,11 +7,14 @@
 
 mod activation;
 mod api;
+mod broker;
 mod conn;
 mod drain;
 mod metrics;
 mod notify;
+mod reload;
 mod timers;
+mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -37,11 +40,16 @@ use crate::pubsub::{Hub, Job, Publisher};
 pub use crate::conn_id::ConnId;
 
 use api::Api;
+use broker::Broker;
+
+pub use broker::MAX_SHARDS;
 use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use drain::Pacer;
 use metrics::{Metrics, Side, Stats};
 use notify::Notifier;
+use reload::{Origin, Reload, RELOAD};
 use timers::Wheel;
+use upgrade::Handover;
 
 /// The [`Context`] a connection is served with. A macro rather than a method because it borrows
 /// fields of the loop beside `self.conns`, where the connection itself is borrowed from.
@@ -148,12 +156,14 @@ pub struct Server {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     api: Option<TcpListener>,
+    /// Connections handed over by the process this one replaces (a live upgrade).
+    handover: Option<Handover>,
 }
 
 impl Server {
     /// Binds `config.listen` (and `metrics_listen`, `api_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
-        let listener = bind(config.listen, config.listen_backlog)?;
+        let listener = bind(config.listen, config.listen_backlog, config.reuse_port)?;
         Server::new(config, listener, None, None)
     }
 
@@ -165,15 +175,52 @@ impl Server {
 
     /// Serves the listening sockets systemd passed in (socket activation), binding the
     /// addresses of `config` for those it did not pass.
+    ///
+    /// Started by a live upgrade (`WSD_UPGRADE_FD`), it takes the listening sockets and every
+    /// connection from the process it replaces instead.
     pub fn start(config: Config) -> io::Result<Server> {
+        if let Some(handover) = upgrade::take_over().map_err(|e| {
+            io::Error::other(format!("live upgrade: {e}; the old process keeps serving"))
+        })? {
+            return Server::from_handover(config, handover);
+        }
         let inherited = activation::take()?;
         let metrics = inherited.metrics.map(nonblocking).transpose()?;
         let api = inherited.api.map(nonblocking).transpose()?;
         let listener = match inherited.websocket {
             Some(l) => nonblocking(l)?,
-            None => bind(config.listen, config.listen_backlog)?,
+            None => bind(config.listen, config.listen_backlog, config.reuse_port)?,
         };
         Server::new(config, listener, metrics, api)
+    }
+
+    /// Serves what the replaced process handed over: its listeners and connections.
+    fn from_handover(config: Config, mut handover: Handover) -> io::Result<Server> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let mut fds = std::mem::take(&mut handover.fds).into_iter();
+        let mut next_listener = || -> io::Result<TcpListener> {
+            let fd = fds
+                .next()
+                .ok_or_else(|| io::Error::other("missing listener"))?;
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            nonblocking(l)
+        };
+        let listener = next_listener()?;
+        let metrics = handover
+            .state
+            .has_metrics
+            .then(&mut next_listener)
+            .transpose()?;
+        let api = handover
+            .state
+            .has_api
+            .then(&mut next_listener)
+            .transpose()?;
+        handover.fds = fds.collect();
+        let mut server = Server::new(config, listener, metrics, api)?;
+        server.handover = Some(handover);
+        Ok(server)
     }
 
     /// Binds what was not passed in, and makes the poll and the publishers' queue.
@@ -185,11 +232,11 @@ impl Server {
     ) -> io::Result<Server> {
         let metrics = match metrics {
             Some(l) => Some(l),
-            None => bind_side(config.metrics_listen)?,
+            None => bind_side(config.metrics_listen, false)?,
         };
         let api = match api {
             Some(l) => Some(l),
-            None => bind_side(config.api_listen)?,
+            None => bind_side(config.api_listen, config.reuse_port)?,
         };
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -200,6 +247,7 @@ impl Server {
             listener,
             metrics,
             api,
+            handover: None,
         })
     }
 
@@ -230,14 +278,18 @@ impl Server {
 /// Backlog of the metrics and API listeners: their clients are few.
 const SIDE_BACKLOG: u32 = 64;
 
-fn bind_side(addr: Option<SocketAddr>) -> io::Result<Option<TcpListener>> {
-    addr.map(|addr| bind(addr, SIDE_BACKLOG)).transpose()
+fn bind_side(addr: Option<SocketAddr>, reuse_port: bool) -> io::Result<Option<TcpListener>> {
+    addr.map(|addr| bind(addr, SIDE_BACKLOG, reuse_port))
+        .transpose()
 }
 
 /// Binds a listening socket with our own backlog: `mio`'s `bind` uses std's 128, and a burst of
 /// reconnecting clients (after a restart) overflows that, each dropped SYN costing its client a
 /// retransmission of a second or more.
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+///
+/// With `reuse_port` the socket is bound with `SO_REUSEPORT`: several processes (one per core)
+/// bind the same address and the kernel spreads new connections over them.
+fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<TcpListener> {
     let listen = || -> io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -245,6 +297,9 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
             Some(socket2::Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         socket.set_nonblocking(true)?;
@@ -299,6 +354,13 @@ struct EventLoop<H> {
     /// Connections the fan-out left needing a look (dropped deliveries, a failed write).
     touched: Vec<ConnId>,
     api: Api,
+    /// The Redis broker, when `broker` is set.
+    broker: Option<Broker>,
+    /// A drain waiting for the broker's barrier before its Close frames, until this deadline.
+    drain_barrier: Option<Instant>,
+    /// A live upgrade in progress, and what the new process is started as.
+    reload: Option<Reload>,
+    origin: Origin,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -310,10 +372,11 @@ impl<H: Handler> EventLoop<H> {
             mut listener,
             metrics,
             api,
+            handover,
         } = server;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         log::info!(
@@ -324,7 +387,23 @@ impl<H: Handler> EventLoop<H> {
         let metrics = Metrics::new(metrics, poll.registry())?;
         let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
-        let hub = Hub::with_compression(config.fanout_window_bits(), config.compression_threshold);
+        let mut hub =
+            Hub::with_compression(config.fanout_window_bits(), config.compression_threshold);
+        let broker = (!config.broker.is_empty()).then(|| {
+            hub.set_relay();
+            log::info!(
+                "broker: {} (channels prefixed {:?})",
+                config.broker.join(", "),
+                config.broker_prefix
+            );
+            Broker::new(
+                &config.broker,
+                &config.broker_prefix,
+                config.broker_timeout,
+                config.broker_backoff_max,
+                now,
+            )
+        });
         Ok(EventLoop {
             // Address space for every connection up front; pages are touched only as used.
             conns: Slab::with_capacity(config.max_connections),
@@ -352,12 +431,77 @@ impl<H: Handler> EventLoop<H> {
             notify: Notifier::from_env(),
             pacer: Pacer::default(),
             hub,
+            broker,
+            drain_barrier: None,
+            reload: None,
+            origin: Origin::of_this_process(),
             handler_timer: None,
             queue,
             jobs: Vec::new(),
             touched: Vec::new(),
             api,
         })
+        .map(|mut event_loop| {
+            if let Some(h) = handover {
+                event_loop.resume(h);
+            }
+            event_loop
+        })
+    }
+
+    /// Installs the connections a live upgrade handed over, each where it stood.
+    fn resume(&mut self, handover: Handover) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let Handover { state, fds } = handover;
+        let now_ms = self.now_ms();
+        let mut fds = fds.into_iter();
+        let (mut moved, mut lost) = (0, 0);
+        for st in state.conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let mut sock = TcpStream::from_std(std_sock);
+            let entry = self.conns.vacant_entry();
+            let id = ConnId(entry.key());
+            let registered = self.poll.registry().register(
+                &mut sock,
+                Token(id.0),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            let remaining = st.remaining_ms.map(Duration::from_millis);
+            let channels = st.channels.clone();
+            let conn = registered
+                .ok()
+                .and_then(|()| Conn::import(sock, &self.config, st, now_ms));
+            let Some(conn) = conn else {
+                lost += 1;
+                continue;
+            };
+            if conn.counted {
+                self.counted += 1;
+            }
+            if let Some(ip) = conn.ip {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+            }
+            let deflate = conn.session.deflate().map(|a| a.server_window);
+            self.hub.set_deflate(id, deflate);
+            entry.insert(conn);
+            if let Some(after) = remaining {
+                self.wheel.arm(id.0, self.now + after);
+            }
+            for name in channels {
+                let _ = self.hub.subscribe(id, &name);
+            }
+            moved += 1;
+        }
+        for st in state.api_conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: as above.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let sock = TcpStream::from_std(std_sock);
+            let _ = self.api.import(sock, st, self.now, self.poll.registry());
+        }
+        log::info!("live upgrade: resumed {moved} connections ({lost} could not be restored)");
     }
 
     fn run(&mut self) -> io::Result<Exit> {
@@ -392,8 +536,14 @@ impl<H: Handler> EventLoop<H> {
                         }
                     }
                     WAKER => self.take_jobs(),
+                    RELOAD => self.serve_reload(),
                     token if metrics::owns(token) => self.serve_metrics(token),
                     token if api::owns(token) => self.serve_api(token),
+                    token if broker::owns(token) => {
+                        if let Some(b) = &mut self.broker {
+                            b.serve(token, &mut self.hub, self.now, self.poll.registry());
+                        }
+                    }
                     token => {
                         let to_eof = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || to_eof;
@@ -404,7 +554,10 @@ impl<H: Handler> EventLoop<H> {
             self.continue_reads();
             self.run_jobs();
             self.fire_handler_timer();
+            self.relay();
             self.fan_out();
+            self.pass_drain_barrier();
+            self.advance_reload();
             self.expire_timers();
             self.send_paced_closes();
             self.fan_out();
@@ -430,6 +583,11 @@ impl<H: Handler> EventLoop<H> {
             self.api.next_deadline(),
             self.notify.next_wakeup(),
             self.handler_timer,
+            self.broker.as_ref().and_then(Broker::next_deadline),
+            self.drain_barrier,
+            self.reload
+                .as_ref()
+                .map(|_| self.now + Duration::from_millis(100)),
         ];
         let hook = hooks.into_iter().flatten().min();
         let hook = hook.map(|at| at.saturating_duration_since(now));
@@ -515,12 +673,21 @@ impl<H: Handler> EventLoop<H> {
     /// Returns true when this is a second signal and the loop must end at once.
     fn on_signals(&mut self) -> bool {
         let mut received = 0;
-        for signal in self.signals.pending() {
+        let mut reload = false;
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
             log::info!("received signal {signal}");
-            received += 1;
+            if signal == SIGUSR2 {
+                reload = true;
+            } else {
+                received += 1;
+            }
+        }
+        if reload {
+            self.start_reload();
         }
         if received == 0 {
-            return false; // A spurious wakeup.
+            return false; // A spurious wakeup, or a reload.
         }
         if self.drain.is_some() || received > 1 {
             return true;
@@ -530,12 +697,52 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn start_drain(&mut self) {
+        self.abort_reload("a drain began");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.api.stop_accepting(self.poll.registry());
         // What was published before the signal goes out before any Close.
+        self.relay();
         self.fan_out();
+        if let Some(b) = &mut self.broker {
+            // Publications Redis accepted before the signal come back to this instance too:
+            // the Close frames wait until they are in (bounded by broker_timeout).
+            log::info!("draining: waiting for the broker's publications in flight");
+            self.drain_barrier = Some(b.begin_barrier(self.now));
+            self.drain = Some(Drain {
+                started: self.now,
+                report: DrainReport::default(),
+            });
+            let until = self.now + self.config.drain_bound() + self.config.broker_timeout;
+            self.notify.stopping(self.now, self.conns.len(), until);
+            return;
+        }
+        self.close_all();
+    }
+
+    /// The broker's barrier passed (or timed out): on with the drain's Close frames.
+    fn pass_drain_barrier(&mut self) {
+        let Some(deadline) = self.drain_barrier else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let passed = self
+            .broker
+            .as_mut()
+            .map_or(true, |b| b.barrier_passed(self.now, registry));
+        if passed || self.now >= deadline {
+            if !passed {
+                log::warn!("draining: the broker did not answer in time; closing anyway");
+            }
+            self.drain_barrier = None;
+            self.fan_out();
+            self.close_all();
+        }
+    }
+
+    /// Sends every connection its Close (or paces them over `drain_spread`).
+    fn close_all(&mut self) {
         let spread = self.config.drain_spread;
         log::info!(
             "draining {} connections (close timeout {:?}, spread {:?})",
@@ -543,12 +750,14 @@ impl<H: Handler> EventLoop<H> {
             self.config.close_timeout,
             spread
         );
-        self.drain = Some(Drain {
-            started: self.now,
-            report: DrainReport::default(),
-        });
-        let until = self.now + self.config.drain_bound();
-        self.notify.stopping(self.now, self.conns.len(), until);
+        if self.drain.is_none() {
+            self.drain = Some(Drain {
+                started: self.now,
+                report: DrainReport::default(),
+            });
+            let until = self.now + self.config.drain_bound();
+            self.notify.stopping(self.now, self.conns.len(), until);
+        }
         let ids: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         let mut paced = Vec::new();
         for key in ids {
@@ -815,6 +1024,15 @@ impl<H: Handler> EventLoop<H> {
 }
 
 impl<H: Handler> EventLoop<H> {
+    /// Hands the turn's publications and channel changes to the broker (relay mode).
+    fn relay(&mut self) {
+        if let Some(b) = &mut self.broker {
+            let registry = self.poll.registry();
+            b.tick(self.now, registry);
+            b.relay(&mut self.hub, self.now, registry);
+        }
+    }
+
     /// The waker fired: take what other threads queued (run at the end of the turn's events).
     fn take_jobs(&mut self) {
         self.queue.take(JOBS_PER_TURN, &mut self.jobs);

@@ -92,6 +92,8 @@ impl Drop for Wsd {
     }
 }
 
+pub mod redis;
+
 pub type Client = tungstenite::WebSocket<TcpStream>;
 
 /// A tungstenite client connected and upgraded.
