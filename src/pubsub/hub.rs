@@ -199,9 +199,34 @@ struct Record {
     /// only read for connections marked in the turn being flushed.
     mark: u32,
     how: u8,
-    /// The connection takes the compressed-once frames (permessage-deflate with a window at
-    /// least the hub's).
-    zip: bool,
+}
+
+/// Connections that take the compressed-once frames (permessage-deflate with a window at least
+/// the hub's), one bit per connection key: a `Record` would cost every connection ~32 bytes
+/// even in echo mode, where none subscribes.
+#[derive(Default)]
+struct ZipSet(Vec<u64>);
+
+impl ZipSet {
+    fn get(&self, key: u32) -> bool {
+        let (word, bit) = (key as usize / 64, key % 64);
+        self.0.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn set(&mut self, key: u32, on: bool) {
+        let (word, bit) = (key as usize / 64, key % 64);
+        if word >= self.0.len() {
+            if !on {
+                return;
+            }
+            self.0.resize(word + 1, 0);
+        }
+        if on {
+            self.0[word] |= 1 << bit;
+        } else {
+            self.0[word] &= !(1 << bit);
+        }
+    }
 }
 
 const SINGLE: u8 = 1;
@@ -229,6 +254,8 @@ pub struct Hub {
     /// The loop's one compressor: fan-out frames (compressed once for every subscriber that
     /// negotiated permessage-deflate) and direct replies.
     deflater: Deflater,
+    /// Connections that take compressed frames.
+    zips: ZipSet,
     /// Window bits of the compressed-once frames, and the size below which none is made.
     zip_window: u8,
     zip_threshold: usize,
@@ -299,10 +326,7 @@ impl Hub {
             self.zip_window
         };
         let zip = server_window.is_some_and(|w| w >= zip_window);
-        let key = conn_key(conn);
-        if zip || self.records.get(key as usize).is_some_and(|r| r.zip) {
-            self.record(key).zip = zip;
-        }
+        self.zips.set(conn_key(conn), zip);
     }
 
     /// Channels with at least one subscriber.
@@ -427,12 +451,12 @@ impl Hub {
     /// The connection is gone: it leaves every channel, and nothing more is sent to it.
     pub fn remove_conn(&mut self, conn: ConnId) {
         let key = conn_key(conn);
+        // The key is reused by the next connection, which negotiates for itself.
+        self.zips.set(key, false);
         let Some(record) = self.records.get_mut(key as usize) else {
             return;
         };
         let subs = std::mem::take(&mut record.subs);
-        // The key is reused by the next connection, which negotiates for itself.
-        record.zip = false;
         for sub in subs.as_slice() {
             self.leave(sub.channel, sub.pos);
         }
@@ -597,6 +621,7 @@ impl Hub {
             active,
             multi,
             counts,
+            zips,
             ..
         } = self;
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
@@ -638,11 +663,7 @@ impl Hub {
                 if key == TOMB || records[key as usize].how != SINGLE {
                     continue;
                 }
-                let list = if records[key as usize].zip {
-                    &zslices
-                } else {
-                    &slices
-                };
+                let list = if zips.get(key) { &zslices } else { &slices };
                 let d = deliver(ConnId(key as usize), &list[first..]);
                 tally(entries, &idxs[first..], d);
             }
@@ -662,7 +683,7 @@ impl Hub {
             if record.how != SINGLE {
                 continue;
             }
-            let frame = &arena[entry.wire(record.zip)];
+            let frame = &arena[entry.wire(zips.get(key))];
             let d = deliver(ConnId(key as usize), &[IoSlice::new(frame)]);
             tally(entries, &[i as u32], d);
         }
@@ -671,7 +692,7 @@ impl Hub {
             slices.clear();
             idxs.clear();
             let subs = records[key as usize].subs.as_slice();
-            let zip = records[key as usize].zip;
+            let zip = zips.get(key);
             for (i, e) in entries.iter().enumerate() {
                 let wanted = match e.target {
                     _ if e.dead => false,
@@ -704,6 +725,7 @@ impl Hub {
             entries,
             active,
             multi,
+            zips,
             ..
         } = self;
         // Returns whether the connection takes compressed frames.
@@ -716,7 +738,7 @@ impl Hub {
                 r.how = MULTI;
                 multi.push(key);
             }
-            r.zip
+            zips.get(key)
         };
         for &ch in active.iter() {
             let c = &mut channels[ch as usize];
@@ -741,7 +763,7 @@ impl Hub {
     fn compress_once(&mut self) {
         let Hub {
             channels,
-            records,
+            zips,
             arena,
             entries,
             deflater,
@@ -758,7 +780,7 @@ impl Hub {
             let wanted = match e.target {
                 _ if e.dead => false,
                 Target::Channel(ch) => channels.get(ch as usize).is_some_and(|c| c.zip),
-                Target::Conn(key) => records.get(key as usize).is_some_and(|r| r.zip),
+                Target::Conn(key) => zips.get(key),
             };
             if !wanted {
                 continue;
@@ -1038,5 +1060,69 @@ mod tests {
             hub.subscribe(ConnId(2), "bad name"),
             Err(ChannelError::InvalidName)
         );
+    }
+
+    #[test]
+    fn a_publication_is_compressed_once_for_the_subscribers_that_take_it() {
+        let mut hub = Hub::with_compression(15, 64);
+        for c in 0..4 {
+            hub.set_deflate(ConnId(c), (c % 2 == 0).then_some(15));
+            hub.subscribe(ConnId(c), "news").unwrap();
+        }
+        // A connection whose agreed window is smaller than the hub's gets plain frames.
+        hub.set_deflate(ConnId(4), Some(10));
+        hub.subscribe(ConnId(4), "news").unwrap();
+        let body = "compressible ".repeat(100);
+        hub.publish("news", text(&body));
+        hub.publish("news", text("short"));
+        let mut got = Vec::new();
+        hub.flush(|id, slices| {
+            got.push((
+                id.0,
+                slices
+                    .iter()
+                    .map(|s| (s[0], s.as_ptr()))
+                    .collect::<Vec<_>>(),
+            ));
+            Delivered {
+                queued: slices.len(),
+                dropped: 0,
+            }
+        });
+        got.sort();
+        let zipped: Vec<_> = got
+            .iter()
+            .filter(|(id, _)| id % 2 == 0 && *id != 4)
+            .collect();
+        let plain: Vec<_> = got
+            .iter()
+            .filter(|(id, _)| id % 2 == 1 || *id == 4)
+            .collect();
+        for (_, frames) in &zipped {
+            assert_eq!(frames[0].0, 0xC1, "FIN, RSV1, text");
+            assert_eq!(frames[1].0, 0x81, "below the threshold: plain");
+            assert_eq!(
+                frames[0].1, zipped[0].1[0].1,
+                "the same bytes for every subscriber"
+            );
+        }
+        for (_, frames) in &plain {
+            assert_eq!((frames[0].0, frames[1].0), (0x81, 0x81));
+        }
+        assert_eq!(hub.deflater().counts().messages, 1, "compressed once");
+        // A key reused by a connection without the extension gets plain frames.
+        hub.remove_conn(ConnId(0));
+        hub.set_deflate(ConnId(0), None);
+        hub.subscribe(ConnId(0), "news").unwrap();
+        hub.publish("news", text(&body));
+        hub.flush(|id, slices| {
+            if id.0 == 0 {
+                assert_eq!(slices[0][0], 0x81);
+            }
+            Delivered {
+                queued: slices.len(),
+                dropped: 0,
+            }
+        });
     }
 }
