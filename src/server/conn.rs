@@ -359,7 +359,9 @@ impl Conn {
             return (data.len(), None);
         }
         let agreed = self.session.deflate();
-        if agreed.is_some_and(|a| a.keeps_context()) && self.windows.is_none() {
+        // The windows are made with the first frame, not at the handshake: a connection that
+        // never sends one costs no more than with compression off.
+        if agreed.is_some_and(|a| a.keeps_context()) && self.windows.is_none() && pos < data.len() {
             self.windows = Some(Box::default());
         }
         let out = if self.has_output() {
