@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let back = inflater.inflate(dictionary, &[&compressed], usize::MAX);
     assert_eq!(back, Ok(payload));
 
-    // Through a session: the payload as a compressed binary message in two frames.
+    // Through a session (shared mode: no dictionary): the payload as a compressed binary
+    // message in two frames.
+    let whole = inflater.inflate(&[], &[payload], limit).map(<[u8]>::to_vec);
     let limits = Limits {
         max_frame_size: 1 << 20,
         max_message_size: limit as u64,
