@@ -36,9 +36,9 @@
 #   AUTOBAHN_DEFLATE_TIMEOUT  seconds the 12.* and 13.* runs may take (default 2400)
 #   AUTOBAHN_DEFLATE  1 (default) also runs 12.*, 13.* and the --compression off group; 0 not
 #
-# Default groups (run at the same time): main = 1.*-7.*, 9.*, 10.* (301 cases);
-# deflate-12 = 12.* (90); deflate-13 = 13.* (126); compression-off = 1.*-7.*, 10.* (247)
-# against `wsd --compression off`.
+# Default groups (run at the same time): main = 1.*-7.*, 9.*, 10.* (301 cases); deflate-a and
+# deflate-b = 12.* and 13.* (216, OK only); compression-off = 1.*-7.*, 10.* (247) against
+# `wsd --compression off`.
 #
 # Output: <repo>/autobahn-reports/ (fuzzingclient-GROUP.json specs, wstest-GROUP.log, wsd.log,
 # wsd-off.log, servers/ for the main group and servers-GROUP/ for the others: index.json,
@@ -181,9 +181,10 @@ if [[ -n "${AUTOBAHN_CASES:-}" ]]; then
 else
   GROUP_SPECS+=("main|default|$EXPECTED|$TIMEOUT|no|${CASES[*]}")
   if [[ -z "${WSD_CMD:-}" && "${AUTOBAHN_DEFLATE:-1}" == 1 ]]; then
-    # permessage-deflate (RFC 7692): 90 + 126 cases, every one OK (no INFORMATIONAL).
-    GROUP_SPECS+=("deflate-12|default|90|$DEFLATE_TIMEOUT|yes|12.*")
-    GROUP_SPECS+=("deflate-13|default|126|$DEFLATE_TIMEOUT|yes|13.*")
+    # permessage-deflate (RFC 7692): 216 cases, every one OK (no INFORMATIONAL), in two groups
+    # of about the same length (measured: 12.3.* is the longest, 13.3.* and 13.4.* the shortest).
+    GROUP_SPECS+=("deflate-a|default|90|$DEFLATE_TIMEOUT|yes|12.1.* 12.2.* 12.3.* 13.3.* 13.4.*")
+    GROUP_SPECS+=("deflate-b|default|126|$DEFLATE_TIMEOUT|yes|12.4.* 12.5.* 13.1.* 13.2.* 13.5.* 13.6.* 13.7.*")
     # The RFC 6455 cases again with the extension switched off (--compression off): 3.* checks
     # that RSV1 then fails the connection. 9.* (throughput, the same code path) is left out.
     GROUP_SPECS+=("compression-off|off|247|$TIMEOUT|no|1.* 2.* 3.* 4.* 5.* 6.* 7.* 10.*")
