@@ -385,3 +385,42 @@ fn context_windows_cross_a_live_upgrade() {
         "{across} vs {first}: context lost in the upgrade"
     );
 }
+
+/// `--compression context` in pub/sub with client publish: a client's compressed message is
+/// inflated, published, and compressed once for the subscribers with the extension (from an
+/// empty dictionary, so each client's context stays valid), twice in a row.
+#[test]
+fn context_mode_pubsub_with_client_publish() {
+    let wsd = Wsd::start(&[
+        "--mode",
+        "pubsub",
+        "--client-publish",
+        "true",
+        "--compression",
+        "context",
+    ]);
+    let mut a = subscriber(&wsd, "/room", true);
+    let mut b = subscriber(&wsd, "/room", true);
+    let mut plain = subscriber(&wsd, "/room", false);
+    // What each deflate subscriber has inflated so far: its side of the server's context.
+    let mut windows = [Vec::new(), Vec::new()];
+    let mut inflater = Inflater::default();
+    for round in 0..2 {
+        let text = format!("{round}: {}", JSON.repeat(4));
+        a.write_all(&zframe(true, 1, &compress(text.as_bytes())))
+            .unwrap();
+        for (s, window) in [&mut a, &mut b].into_iter().zip(windows.iter_mut()) {
+            let (rsv1, f) = read_frame_rsv(s);
+            assert!(rsv1, "round {round}");
+            let got = inflater
+                .inflate(window, &[&f.payload], usize::MAX)
+                .unwrap()
+                .to_vec();
+            window.extend_from_slice(&got);
+            assert_eq!(got, text.as_bytes(), "round {round}");
+        }
+        let (rsv1, f) = read_frame_rsv(&mut plain);
+        assert!(!rsv1);
+        assert_eq!(f.payload, text.as_bytes());
+    }
+}
