@@ -38,15 +38,7 @@ fn instance(listen: &str, brokers: &[String], extra: &[&str]) -> Instance {
     ]);
     cmd.args(extra);
     let wsd = Wsd::spawn(cmd);
-    let line = wsd
-        .wait_for_log("publish API on http://")
-        .expect("API log line");
-    let api = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("API address");
+    let api = wsd.api_addr();
     Instance { wsd, api }
 }
 
