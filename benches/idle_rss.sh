@@ -7,6 +7,13 @@
 #                       (--client-publish true) and the clients connect to /ch0 (CHANNELS=C
 #                       spreads them over /ch0 … /ch{C-1})
 #   --server broadcast  measure benches/peers' peer-broadcast instead of wsd (implies --pubsub)
+# Environment: WSD_ARGS (more wsd flags) and LOAD_ARGS (more wsd-load idle flags), e.g. the
+# permessage-deflate figures of the README:
+#   LOAD_ARGS=--deflate bash benches/idle_rss.sh 10000                     # shared (default)
+#   WSD_ARGS='--compression context' \
+#   LOAD_ARGS='--deflate --messages-first 4 -s 2KiB' bash benches/idle_rss.sh 10000
+# (with --messages-first each connection echoes that many messages before idling, so context
+# windows are full when RSS is read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pubsub=
@@ -53,8 +60,9 @@ start_server() {
     wsd)
       local mode=()
       [ -n "$pubsub" ] && mode=(--mode pubsub --client-publish true)
+      # shellcheck disable=SC2086 # WSD_ARGS is a word list
       ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
-        "${mode[@]}" 2>/tmp/wsd-idle-rss.log &
+        "${mode[@]}" ${WSD_ARGS:-} 2>/tmp/wsd-idle-rss.log &
       ;;
     broadcast)
       benches/peers/target/release/peer-broadcast --listen "127.0.0.1:$port" \
@@ -69,7 +77,8 @@ warm_up() {
   if [ -n "$pubsub" ]; then
     ./target/release/wsd-load pubsub --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q
   else
-    ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q
+    # shellcheck disable=SC2086
+    ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate}
   fi
 }
 
@@ -87,7 +96,8 @@ for n in "${counts[@]}"; do
   warm_up >/dev/null 2>&1
   base=$(rss_kib "$server_pid")
   log=$(mktemp)
-  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" "${channels[@]}" \
+  # shellcheck disable=SC2086 # LOAD_ARGS is a word list
+  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" "${channels[@]}" ${LOAD_ARGS:-} \
     --src 127.0.0.2-127.0.0.101 --rate 20000 --hold 120s 2>"$log" >/dev/null &
   loader=$!
   pids+=("$loader")
@@ -97,6 +107,8 @@ for n in "${counts[@]}"; do
     sleep 0.1
   done
   grep -q "^established $n" "$log" || { echo "only: $(tail -c 300 "$log")" >&2; exit 1; }
+  # Echoes of --messages-first still in flight settle, and freed buffers go back.
+  [[ "${LOAD_ARGS:-}" != *--messages-first* ]] || sleep 3
   with=$(rss_kib "$server_pid")
   per=$(( (with - base) * 1024 / n ))
   printf '| %d | %d KiB | %d KiB | %d B |\n' "$n" "$base" "$with" "$per"

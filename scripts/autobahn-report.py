@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Judge an Autobahn|Testsuite fuzzingclient report (used by scripts/autobahn.sh).
 
-usage: autobahn-report.py INDEX_JSON [--agent NAME] [--expected N] [--details N]
+usage: autobahn-report.py INDEX_JSON [--agent NAME] [--expected N] [--details N] [--ok-only]
 
 Without --agent the report must hold exactly one agent, which is judged.
 
 Passes (exit 0) only when the report holds at least N cases for the agent and
 every case's `behavior` AND `behaviorClose` is OK or INFORMATIONAL. Anything
 else (NON-STRICT, FAILED, UNIMPLEMENTED, WRONG CODE, missing field, ...) is a
-failure (exit 1). A missing or unreadable report exits 2.
+failure (exit 1). With --ok-only, INFORMATIONAL fails too. A missing or unreadable report
+exits 2.
 """
 
 import argparse
@@ -37,7 +38,12 @@ def main():
                     help="minimum number of cases the report must hold")
     ap.add_argument("--details", type=int, default=20,
                     help="print result/resultClose of at most this many failing cases")
+    ap.add_argument("--ok-only", action="store_true",
+                    help="strict: every case must be OK (INFORMATIONAL fails)")
     args = ap.parse_args()
+    global PASSING
+    if args.ok_only:
+        PASSING = ("OK",)
 
     try:
         with open(args.index) as f:

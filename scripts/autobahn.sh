@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Run the Autobahn|Testsuite fuzzingclient (RFC 6455 conformance, cases 1.* - 10.*)
-# against wsd and fail unless every case is OK or INFORMATIONAL.
+# Run the Autobahn|Testsuite fuzzingclient against wsd: RFC 6455 conformance (cases 1.* - 10.*),
+# permessage-deflate (RFC 7692, cases 12.* and 13.*), and 1.* - 7.*, 10.* again with
+# `--compression off`; fail unless every case is OK or INFORMATIONAL (12.*, 13.*: OK only).
 #
 #   bash scripts/autobahn.sh            # from any directory
 #
-# Steps: install wstest (once) -> build wsd -> start it on a free 127.0.0.1 port ->
-# run wstest -> judge <repo>/autobahn-reports/servers/index.json with
+# Steps: install wstest (once) -> build wsd -> start it (and one with --compression off) on
+# free 127.0.0.1 ports -> run one wstest per case group, all at once (each is one Python
+# process; wsd serves them all from its one thread) -> judge each group's index.json with
 # scripts/autobahn-report.py. Exit 0 = pass; 1 = a case failed, too few cases in the
 # report (crash/timeout) or the server died; 2 = the server never listened or another
 # harness problem found by this script (a failing install or build exits with its own code).
@@ -27,13 +29,20 @@
 #   AUTOBAHN_RUNNER   auto (default: wstest if CPython 2.7 is found, else kosoku) | wstest | kosoku
 #   PYTHON27          CPython 2.7 interpreter (default: pyenv's 2.7.18, then python2.7 on PATH)
 #   PYTHON3           Python 3 for the bootstrap venv, the report parser and kosoku (default python3)
-#   AUTOBAHN_CASES    space-separated case patterns (default "1.* ... 7.* 9.* 10.*", all of 1-10)
+#   AUTOBAHN_CASES    space-separated case patterns, run alone (default: the groups below)
 #   AUTOBAHN_EXPECTED minimum number of cases the report must hold
 #                     (default 301 with the default cases, else 1)
-#   AUTOBAHN_TIMEOUT  seconds the whole fuzzing run may take (default 600)
+#   AUTOBAHN_TIMEOUT  seconds the 1.* - 10.* runs may take (default 900)
+#   AUTOBAHN_DEFLATE_TIMEOUT  seconds the 12.* and 13.* runs may take (default 2400)
+#   AUTOBAHN_DEFLATE  1 (default) also runs 12.*, 13.* and the --compression off group; 0 not
 #
-# Output: <repo>/autobahn-reports/ (fuzzingclient.json spec, wstest.log, wsd.log,
-# servers/index.json, servers/index.html, one JSON/HTML file per case).
+# Default groups (run at the same time): main = 1.*-7.*, 9.*, 10.* (301 cases); deflate-a and
+# deflate-b = 12.* and 13.* (216, OK only); compression-off = 1.*-7.*, 10.* (247) against
+# `wsd --compression off`.
+#
+# Output: <repo>/autobahn-reports/ (fuzzingclient-GROUP.json specs, wstest-GROUP.log, wsd.log,
+# wsd-off.log, servers/ for the main group and servers-GROUP/ for the others: index.json,
+# index.html, one JSON/HTML file per case).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +56,8 @@ REQS="$SCRIPTS/autobahn-requirements.txt"
 
 PYTHON3="${PYTHON3:-python3}"
 RUNNER="${AUTOBAHN_RUNNER:-auto}"
-TIMEOUT="${AUTOBAHN_TIMEOUT:-600}"
+TIMEOUT="${AUTOBAHN_TIMEOUT:-900}"
+DEFLATE_TIMEOUT="${AUTOBAHN_DEFLATE_TIMEOUT:-2400}"
 MAX_SIZE=67108864
 if [[ -n "${AUTOBAHN_CASES:-}" ]]; then
   read -r -a CASES <<<"$AUTOBAHN_CASES"
@@ -158,49 +168,106 @@ else
   echo "server under test: $WSD"
 fi
 
-PORT="$("$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 mkdir -p "$REPORTS"
-rm -rf "$OUTDIR"   # a stale index.json must never pass for this run
+free_port() { "$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-SERVER_PID=""
-stop_server() {
-  [[ -n "$SERVER_PID" ]] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
+# ---------------------------------------------------------------- case groups
+# Each group is one fuzzingclient process with its own report directory, run at the same time
+# as the others (the client, Python, is the bottleneck; wsd serves them all from one thread):
+#   name | server | minimum cases | timeout (s) | strict (OK only) | case patterns
+GROUP_SPECS=()
+if [[ -n "${AUTOBAHN_CASES:-}" ]]; then
+  GROUP_SPECS+=("main|default|$EXPECTED|$TIMEOUT|no|${CASES[*]}")
+else
+  GROUP_SPECS+=("main|default|$EXPECTED|$TIMEOUT|no|${CASES[*]}")
+  if [[ -z "${WSD_CMD:-}" && "${AUTOBAHN_DEFLATE:-1}" == 1 ]]; then
+    # permessage-deflate (RFC 7692): 216 cases, every one OK (no INFORMATIONAL), in two groups
+    # of about the same length (measured: 12.3.* is the longest, 13.3.* and 13.4.* the shortest).
+    GROUP_SPECS+=("deflate-a|default|90|$DEFLATE_TIMEOUT|yes|12.1.* 12.2.* 12.3.* 13.3.* 13.4.*")
+    GROUP_SPECS+=("deflate-b|default|126|$DEFLATE_TIMEOUT|yes|12.4.* 12.5.* 13.1.* 13.2.* 13.5.* 13.6.* 13.7.*")
+    # The RFC 6455 cases again with the extension switched off (--compression off): 3.* checks
+    # that RSV1 then fails the connection. 9.* (throughput, the same code path) is left out.
+    GROUP_SPECS+=("compression-off|off|247|$TIMEOUT|no|1.* 2.* 3.* 4.* 5.* 6.* 7.* 10.*")
   fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
+fi
+
+# ---------------------------------------------------------------- 2b. servers
+declare -A SERVER_PID=() SERVER_PORT=()
+stop_servers() {
+  local name pid i
+  for name in "${!SERVER_PID[@]}"; do
+    pid="${SERVER_PID[$name]}"
+    [[ -n "$pid" ]] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    SERVER_PID[$name]=""
+  done
 }
-trap stop_server EXIT
+CLIENT_PIDS=()
+stop_all() {
+  local pid
+  for pid in "${CLIENT_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  stop_servers
+}
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "starting server on 127.0.0.1:$PORT (log: $REPORTS/wsd.log)"
-"${SERVER[@]}" --listen "127.0.0.1:$PORT" \
-  --max-message-size "$MAX_SIZE" --max-frame-size "$MAX_SIZE" >"$REPORTS/wsd.log" 2>&1 &
-SERVER_PID=$!
+# start_server NAME [EXTRA ARGS...]: wsd on a free port, logging to $REPORTS/wsd[-NAME].log.
+start_server() {
+  local name="$1" port logf
+  shift
+  port="$(free_port)"
+  logf="$REPORTS/wsd.log"
+  [[ "$name" == default ]] || logf="$REPORTS/wsd-$name.log"
+  log "starting server '$name' on 127.0.0.1:$port (log: $logf)"
+  "${SERVER[@]}" --listen "127.0.0.1:$port" \
+    --max-message-size "$MAX_SIZE" --max-frame-size "$MAX_SIZE" "$@" >"$logf" 2>&1 &
+  SERVER_PID[$name]=$!
+  SERVER_PORT[$name]=$port
+  local i pid=$!
+  for ((i = 0; i < 100; i++)); do   # up to 10 s
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2; die "server '$name' exited before listening"; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "server '$name' is accepting (pid $pid)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$logf" >&2
+  die "server '$name' not accepting on 127.0.0.1:$port after 10 s"
+}
 
-listening=no
-for ((i = 0; i < 100; i++)); do   # up to 10 s
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$REPORTS/wsd.log" >&2; die "server exited before listening"; }
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-    listening=yes
-    break
-  fi
-  sleep 0.1
+needed_servers=()
+for g in "${GROUP_SPECS[@]}"; do
+  IFS='|' read -r _ server _ _ _ _ <<<"$g"
+  [[ " ${needed_servers[*]} " == *" $server "* ]] || needed_servers+=("$server")
 done
-[[ "$listening" == yes ]] || { tail -n 20 "$REPORTS/wsd.log" >&2; die "server not accepting on 127.0.0.1:$PORT after 10 s"; }
-echo "server is accepting (pid $SERVER_PID)"
+for server in "${needed_servers[@]}"; do
+  case "$server" in
+    default) start_server default ;;
+    off) start_server off --compression off ;;
+  esac
+done
 
-# ---------------------------------------------------------------- 3. fuzzing run
-SPEC="$REPORTS/fuzzingclient.json"
-"$PYTHON3" - "$SPEC" "$PORT" "$OUTDIR" "${CASES[@]}" <<'EOF'
+# ---------------------------------------------------------------- 3. fuzzing runs
+# run_group NAME SERVER TIMEOUT OUTDIR PATTERNS...: one fuzzingclient, its log in $REPORTS.
+run_group() {
+  local name="$1" server="$2" timeout_s="$3" outdir="$4"
+  shift 4
+  local port="${SERVER_PORT[$server]}" spec="$REPORTS/fuzzingclient-$name.json"
+  local logf="$REPORTS/$RUNNER-$name.log" rc=0
+  rm -rf "$outdir"   # a stale index.json must never pass for this run
+  "$PYTHON3" - "$spec" "$port" "$outdir" "$@" <<'PY'
 import json, sys
 spec_path, port, outdir, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 spec = {
@@ -213,47 +280,73 @@ spec = {
 }
 with open(spec_path, "w") as f:
     json.dump(spec, f, indent=2)
-EOF
+PY
+  local t0=$SECONDS
+  if [[ "$RUNNER" == wstest ]]; then
+    # Its own working directory, so nothing one run writes relative to its cwd meets another's.
+    mkdir -p "$REPORTS/run-$name"
+    (cd "$REPORTS/run-$name" && timeout --kill-after=10 "$timeout_s" "$VENV/bin/wstest" -m fuzzingclient -s "$spec") \
+      >"$logf" 2>&1 || rc=$?
+  else
+    local includes=() c
+    for c in "$@"; do includes+=(-i "$c"); done
+    mkdir -p "$REPORTS/run-$name"
+    (cd "$REPORTS/run-$name" && timeout --kill-after=10 "$timeout_s" "$KOSOKU_VENV/bin/kosoku" -m fuzzingclient \
+      "${includes[@]}" -o "$outdir" "127.0.0.1:$port") >"$logf" 2>&1 || rc=$?
+  fi
+  echo "$rc $((SECONDS - t0))" >"$REPORTS/.rc-$name"
+}
 
-log "running $RUNNER fuzzingclient, cases ${CASES[*]} (timeout ${TIMEOUT} s, log: $REPORTS/$RUNNER.log)"
+outdir_of() { if [[ "$1" == main ]]; then echo "$OUTDIR"; else echo "$REPORTS/servers-$1"; fi; }
+
 t0=$SECONDS
-run_rc=0
-AGENT=(--agent wsd)
-if [[ "$RUNNER" == wstest ]]; then
-  # Run from the reports dir so nothing wstest writes relative to its cwd lands elsewhere.
-  (cd "$REPORTS" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/wstest" -m fuzzingclient -s "$SPEC") \
-    >"$REPORTS/wstest.log" 2>&1 || run_rc=$?
-else
-  AGENT=()   # kosoku ignores the spec and names the agent itself; the report holds just that one
-  includes=()
-  for c in "${CASES[@]}"; do includes+=(-i "$c"); done
-  (cd "$REPORTS" && timeout --kill-after=10 "$TIMEOUT" "$KOSOKU_VENV/bin/kosoku" -m fuzzingclient \
-    "${includes[@]}" -o "$OUTDIR" "127.0.0.1:$PORT") >"$REPORTS/kosoku.log" 2>&1 || run_rc=$?
-fi
-echo "$RUNNER finished in $((SECONDS - t0)) s (exit $run_rc)"
-if [[ $run_rc -ne 0 ]]; then
-  [[ $run_rc -eq 124 ]] && echo "$RUNNER TIMED OUT after $TIMEOUT s" >&2
-  tail -n 20 "$REPORTS/$RUNNER.log" >&2
-fi
+for g in "${GROUP_SPECS[@]}"; do
+  IFS='|' read -r name server _ timeout_s _ patterns <<<"$g"
+  read -r -a pats <<<"$patterns"
+  log "running $RUNNER fuzzingclient '$name' against '$server': ${pats[*]} (timeout ${timeout_s} s, log: $REPORTS/$RUNNER-$name.log)"
+  rm -f "$REPORTS/.rc-$name"
+  run_group "$name" "$server" "$timeout_s" "$(outdir_of "$name")" "${pats[@]}" &
+  CLIENT_PIDS+=($!)
+done
+for pid in "${CLIENT_PIDS[@]}"; do wait "$pid" || true; done
+CLIENT_PIDS=()
+echo "all fuzzing runs finished in $((SECONDS - t0)) s"
 
-server_died=no
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-  server_died=yes
-  wait "$SERVER_PID" && server_rc=0 || server_rc=$?
-  SERVER_PID=""
-  printf '\nFAIL: the server died during the run (exit %s); last lines of %s:\n' \
-    "$server_rc" "$REPORTS/wsd.log" >&2
-  tail -n 20 "$REPORTS/wsd.log" >&2
-fi
-stop_server
+failed=no
+for name in "${!SERVER_PID[@]}"; do
+  pid="${SERVER_PID[$name]}"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    failed=yes
+    wait "$pid" && server_rc=0 || server_rc=$?
+    SERVER_PID[$name]=""
+    logf="$REPORTS/wsd.log"
+    [[ "$name" == default ]] || logf="$REPORTS/wsd-$name.log"
+    printf '\nFAIL: server %s died during the run (exit %s); last lines of %s:\n' \
+      "$name" "$server_rc" "$logf" >&2
+    tail -n 20 "$logf" >&2
+  fi
+done
+stop_servers
 
 # ---------------------------------------------------------------- 4. verdict
-log "verdict"
-report_rc=0
-"$PYTHON3" "$SCRIPTS/autobahn-report.py" "$OUTDIR/index.json" "${AGENT[@]}" --expected "$EXPECTED" \
-  || report_rc=$?
-[[ -f "$OUTDIR/index.html" ]] && echo "HTML report: $OUTDIR/index.html"
-if [[ $report_rc -ne 0 || $run_rc -ne 0 || $server_died == yes ]]; then
-  exit 1
-fi
+AGENT=(--agent wsd)
+[[ "$RUNNER" == wstest ]] || AGENT=()   # kosoku names the agent itself; the report holds just that one
+for g in "${GROUP_SPECS[@]}"; do
+  IFS='|' read -r name server expected timeout_s strict patterns <<<"$g"
+  log "verdict: $name ($patterns against '$server')"
+  read -r rc secs <"$REPORTS/.rc-$name" || { rc=2; secs='?'; }
+  echo "$RUNNER '$name' finished in $secs s (exit $rc)"
+  if [[ "$rc" -ne 0 ]]; then
+    [[ "$rc" -eq 124 ]] && echo "$RUNNER '$name' TIMED OUT after $timeout_s s" >&2
+    tail -n 20 "$REPORTS/$RUNNER-$name.log" >&2
+    failed=yes
+  fi
+  outdir="$(outdir_of "$name")"
+  ok_only=()
+  [[ "$strict" == yes ]] && ok_only=(--ok-only)
+  "$PYTHON3" "$SCRIPTS/autobahn-report.py" "$outdir/index.json" "${AGENT[@]}" --expected "$expected" \
+    "${ok_only[@]}" || failed=yes
+  [[ -f "$outdir/index.html" ]] && echo "HTML report: $outdir/index.html"
+done
+[[ "$failed" == no ]] || exit 1
 exit 0

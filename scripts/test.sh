@@ -26,7 +26,12 @@ cargo test --release --all-targets
 echo "== Debian package: contents, install and upgrade, a live upgrade of a running wsd"
 bash scripts/deb-check.sh
 
-echo "== Autobahn|Testsuite (cases 1.* to 10.*)"
+echo "== headless Chromium: permessage-deflate both ways (installs Debian's chromium if missing)"
+bash scripts/chromium-check.sh
+
+# Four fuzzingclient runs at once: 1.*-10.*, 12.*, 13.* (permessage-deflate, OK only), and
+# 1.*-7.*, 10.* against --compression off.
+echo "== Autobahn|Testsuite (cases 1.* to 10.*, 12.*, 13.*)"
 bash scripts/autobahn.sh
 
 # Last, so the fuzzers' load cannot disturb the timing checks above.

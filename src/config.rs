@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::protocol::deflate;
+
 /// The running configuration. `Config::default()` holds the documented defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -22,6 +24,13 @@ pub struct Config {
     pub max_message_size: u64,
     /// Largest single frame payload accepted, in bytes; larger ones close with 1009.
     pub max_frame_size: u64,
+    /// permessage-deflate (RFC 7692): off, shared (no context, nothing per connection) or
+    /// context (context takeover with windows of `compression_window_bits`).
+    pub compression: Compression,
+    /// `context` mode: LZ77 window bits (9–15) kept per connection and direction at most.
+    pub compression_window_bits: u8,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub compression_threshold: usize,
     /// Largest HTTP request head of a handshake, in bytes; larger ones get 431.
     pub max_handshake_size: usize,
     /// Time a client has to complete its handshake before it is dropped.
@@ -75,6 +84,16 @@ pub enum Mode {
     Echo,
     /// Clients subscribe to channels by path; publications reach every subscriber.
     PubSub,
+}
+
+/// Whether and how wsd accepts permessage-deflate (`compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Off,
+    /// No context takeover either way: one compressor and one decompressor per loop.
+    Shared,
+    /// Context takeover both ways where the client allows it (windows kept as bytes).
+    Context,
 }
 
 /// One setting: its name, default, one-line doc, value kind, and how to set it from text.
@@ -217,6 +236,47 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Size,
         apply: |c, v| {
             c.max_frame_size = parse_size(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "compression",
+        default: "shared",
+        doc: "permessage-deflate: off; shared (no context takeover, 0 bytes per connection); context (context takeover, windows of compression_window_bits)",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.compression = match v.trim() {
+                "off" => Compression::Off,
+                "shared" => Compression::Shared,
+                "context" => Compression::Context,
+                _ => return Err(format!("{v:?} is not off, shared or context")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "compression_window_bits",
+        default: "12",
+        doc: "context compression: LZ77 window of 2^N bytes kept per connection and direction, N from 9 to 15",
+        kind: Kind::Count,
+        apply: |c, v| {
+            let bits = parse_count(v)?;
+            let range = usize::from(deflate::MIN_WINDOW_BITS)..=usize::from(deflate::MAX_WINDOW_BITS);
+            if !range.contains(&bits) {
+                return Err(format!("{v:?} is not between 9 and 15"));
+            }
+            c.compression_window_bits = bits as u8;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "compression_threshold",
+        default: "64",
+        doc: "messages shorter than this (bytes) are sent uncompressed",
+        kind: Kind::Size,
+        apply: |c, v| {
+            c.compression_threshold =
+                usize::try_from(parse_size(v)?).map_err(|_| format!("{v:?} is too large"))?;
             Ok(())
         },
     },
@@ -538,6 +598,9 @@ impl Default for Config {
             listen_backlog: 0,
             max_message_size: 0,
             max_frame_size: 0,
+            compression: Compression::Shared,
+            compression_window_bits: 0,
+            compression_threshold: 0,
             max_handshake_size: 0,
             handshake_timeout: Duration::ZERO,
             close_timeout: Duration::ZERO,
@@ -690,6 +753,26 @@ impl Config {
     }
 
     /// The limits the protocol layer enforces.
+    /// How the handshake answers a permessage-deflate offer.
+    pub fn deflate_mode(&self) -> deflate::Mode {
+        match self.compression {
+            Compression::Off => deflate::Mode::Off,
+            Compression::Shared => deflate::Mode::Shared,
+            Compression::Context => deflate::Mode::Context {
+                window_bits: self.compression_window_bits,
+            },
+        }
+    }
+
+    /// Window of the frames compressed once for every subscriber: the largest a client may
+    /// be sent in this mode.
+    pub fn fanout_window_bits(&self) -> u8 {
+        match self.compression {
+            Compression::Context => self.compression_window_bits,
+            _ => deflate::MAX_WINDOW_BITS,
+        }
+    }
+
     pub fn limits(&self) -> crate::protocol::session::Limits {
         crate::protocol::session::Limits {
             max_frame_size: self.max_frame_size.min(self.max_message_size),

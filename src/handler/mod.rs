@@ -9,6 +9,7 @@ mod pubsub;
 use std::time::{Duration, Instant};
 
 use crate::conn_id::ConnId;
+use crate::protocol::deflate::Agreed;
 use crate::protocol::frame::{write_frame, OpCode};
 use crate::protocol::handshake::Reject;
 use crate::protocol::{CloseCode, Message};
@@ -57,6 +58,18 @@ pub(crate) struct Current<'a> {
     pub sent: u64,
     /// A close the loop applies as soon as the handler returns.
     pub close: Option<(CloseCode, String)>,
+    /// permessage-deflate, when the connection negotiated it: replies are compressed.
+    pub deflate: Option<Outgoing<'a>>,
+}
+
+/// How replies to a connection with permessage-deflate are compressed (with the hub's
+/// compressor, the loop's one).
+pub(crate) struct Outgoing<'a> {
+    pub agreed: Agreed,
+    /// This connection's window of our stream (context takeover), if it keeps one.
+    pub window: Option<&'a mut Vec<u8>>,
+    /// Shorter messages go out uncompressed.
+    pub threshold: usize,
 }
 
 /// What a handler may do, handed to each of its calls.
@@ -114,7 +127,19 @@ impl<'a> Ctx<'a> {
                 } else {
                     OpCode::Binary
                 };
-                write_frame(cur.out, true, opcode, message.as_bytes(), None);
+                match cur.deflate.as_mut() {
+                    Some(d) if message.len() >= d.threshold => {
+                        self.hub.deflater_mut().write_message(
+                            cur.out,
+                            opcode,
+                            message.as_bytes(),
+                            &d.agreed,
+                            d.window.as_deref_mut(),
+                            None,
+                        );
+                    }
+                    _ => write_frame(cur.out, true, opcode, message.as_bytes(), None),
+                }
                 cur.sent += 1;
                 return true;
             }

@@ -62,6 +62,9 @@ impl OpCode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
+    /// RSV1: "Per-Message Compressed" with permessage-deflate (RFC 7692 §6); the session
+    /// decides whether it is allowed.
+    pub rsv1: bool,
     pub opcode: OpCode,
     pub mask: Option<[u8; 4]>,
     pub payload_len: u64,
@@ -78,8 +81,9 @@ pub fn decode_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Prot
         return Ok(None);
     };
     let (b0, b1) = (*b0, *b1);
-    // §5.2: "MUST be 0 unless an extension is negotiated"; wsd negotiates none.
-    if b0 & 0x70 != 0 {
+    // §5.2: "MUST be 0 unless an extension is negotiated"; wsd negotiates only
+    // permessage-deflate, which defines RSV1 alone (RFC 7692 §6).
+    if b0 & 0x30 != 0 {
         return Err(ProtocolError::ReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ProtocolError::UnknownOpCode)?;
@@ -125,6 +129,7 @@ pub fn decode_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Prot
     };
     Ok(Some(FrameHeader {
         fin,
+        rsv1: b0 & RSV1 != 0,
         opcode,
         mask,
         payload_len,
@@ -192,6 +197,18 @@ pub fn write_frame(
         unmask(written, m, 0);
     }
 }
+
+/// Appends a whole frame with RSV1 set: the first frame of a compressed message (RFC 7692 §6).
+pub fn write_frame_rsv1(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+    let start = out.len();
+    write_frame(out, true, opcode, payload, mask);
+    if let Some(b0) = out.get_mut(start) {
+        *b0 |= RSV1;
+    }
+}
+
+/// The RSV1 bit of a frame's first byte.
+const RSV1: u8 = 0x40;
 
 /// XORs `data` with the masking key in place (§5.3), eight bytes at a time.
 ///
@@ -294,10 +311,14 @@ mod tests {
 
     #[test]
     fn header_rules() {
-        assert_eq!(
-            decode(&[0xC1, 0x80, 0, 0, 0, 0]),
-            Err(ProtocolError::ReservedBits)
-        );
+        // RSV2 and RSV3 are never negotiated; RSV1 is reported for the session to judge.
+        for b0 in [0xA1, 0x91, 0xF1] {
+            assert_eq!(
+                decode(&[b0, 0x80, 0, 0, 0, 0]),
+                Err(ProtocolError::ReservedBits)
+            );
+        }
+        assert!(decode(&[0xC1, 0x80, 0, 0, 0, 0]).unwrap().unwrap().rsv1);
         assert_eq!(
             decode(&[0x83, 0x80, 0, 0, 0, 0]),
             Err(ProtocolError::UnknownOpCode)

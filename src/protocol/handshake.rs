@@ -5,6 +5,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Agreed, MAX_EXTENSION_HEADERS};
+
 /// The GUID of §1.3 that every accept key is derived with.
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -19,6 +21,16 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub key: &'a str,
     pub origin: Option<&'a str>,
+    /// The `Sec-WebSocket-Extensions` header values, in order (the first
+    /// [`MAX_EXTENSION_HEADERS`] of them), for [`deflate::negotiate`].
+    pub extensions: [Option<&'a [u8]>; MAX_EXTENSION_HEADERS],
+}
+
+impl<'a> Request<'a> {
+    /// The extension offers, header by header.
+    pub fn extension_values(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.extensions.iter().flatten().copied()
+    }
 }
 
 /// Why a request was refused; each maps to one HTTP status.
@@ -129,6 +141,8 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
     let mut version = None;
     let mut key = None;
     let mut origin = None;
+    let mut extensions = [None; MAX_EXTENSION_HEADERS];
+    let mut n_extensions = 0usize;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -146,6 +160,12 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             key = Some(h.value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = std::str::from_utf8(h.value).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Offers past the first few headers are ignored: declining them is always allowed.
+            if let Some(slot) = extensions.get_mut(n_extensions) {
+                *slot = Some(h.value);
+                n_extensions = n_extensions.saturating_add(1);
+            }
         }
     }
     if !host {
@@ -172,6 +192,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         path,
         key,
         origin,
+        extensions,
     }))
 }
 
@@ -205,11 +226,26 @@ pub fn accept_key(key: &str) -> [u8; 28] {
 
 /// Appends the 101 response that completes the handshake for `key`.
 pub fn write_accept(key: &str, out: &mut Vec<u8>) {
+    write_accept_with(key, None, out);
+}
+
+/// Appends the 101 response for `key`, naming the permessage-deflate parameters agreed (RFC
+/// 7692 §5) if any.
+pub fn write_accept_with(key: &str, deflate: Option<&Agreed>, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(&accept_key(key));
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if let Some(agreed) = deflate {
+        agreed.write_header(out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a request's offers get in `mode`: the parameters to answer with, or `None`.
+pub fn negotiate_deflate(req: &Request<'_>, mode: deflate::Mode) -> Option<Agreed> {
+    deflate::negotiate(req.extension_values(), mode)
 }
 
 /// Most headers a server's handshake response may carry (client side).
@@ -226,6 +262,8 @@ pub enum ResponseError {
     NotUpgraded,
     /// `Sec-WebSocket-Accept` missing or not the one derived from our key (§4.1, item 4).
     BadAccept,
+    /// An extension answer that is not a permessage-deflate one we could have asked for.
+    BadExtension,
 }
 
 impl std::fmt::Display for ResponseError {
@@ -235,6 +273,7 @@ impl std::fmt::Display for ResponseError {
             ResponseError::Status(s) => write!(f, "handshake refused with HTTP {s}"),
             ResponseError::NotUpgraded => f.write_str("response lacks Upgrade/Connection"),
             ResponseError::BadAccept => f.write_str("wrong Sec-WebSocket-Accept"),
+            ResponseError::BadExtension => f.write_str("unexpected Sec-WebSocket-Extensions"),
         }
     }
 }
@@ -252,6 +291,17 @@ pub fn client_key(nonce: [u8; 16]) -> [u8; 24] {
 
 /// Appends a client's upgrade request for `path` on `host` with `key` (§4.1).
 pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
+    write_request_with(host, path, key, None, out);
+}
+
+/// [`write_request`] with an extension offer (a `Sec-WebSocket-Extensions` value).
+pub fn write_request_with(
+    host: &str,
+    path: &str,
+    key: &str,
+    extensions: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     for part in [
         "GET ",
         path,
@@ -259,10 +309,16 @@ pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
         host,
         "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
         key,
-        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
     ] {
         out.extend_from_slice(part.as_bytes());
     }
+    if let Some(value) = extensions {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Checks the server's response head at the start of `buf` against the `key` we sent.
@@ -270,6 +326,16 @@ pub fn write_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
 /// Returns `Ok(None)` while the head is incomplete, and `Ok(Some(n))` with the length of the
 /// head (frames may follow it in `buf`) once it is a valid 101 for `key`.
 pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseError> {
+    Ok(check_response_ext(buf, key)?.map(|(head, _)| head))
+}
+
+/// [`check_response`] that also reads the server's permessage-deflate answer (client side,
+/// see [`deflate::client_agreement`]); an answer that is not a well-formed permessage-deflate
+/// one fails the handshake (RFC 7692 §5: the client "MUST _Fail the WebSocket Connection_").
+pub fn check_response_ext(
+    buf: &[u8],
+    key: &str,
+) -> Result<Option<(usize, Option<Agreed>)>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -287,8 +353,14 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseEr
     let mut upgrade = false;
     let mut connection = false;
     let mut accept = None;
+    let mut agreed = None;
     for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("upgrade") {
+        if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if agreed.is_some() {
+                return Err(ResponseError::BadExtension);
+            }
+            agreed = Some(deflate::client_agreement(h.value).ok_or(ResponseError::BadExtension)?);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade |= has_token(h.value, "websocket");
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection |= has_token(h.value, "upgrade");
@@ -302,7 +374,7 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, ResponseEr
     if accept != Some(accept_key(key).as_slice()) {
         return Err(ResponseError::BadAccept);
     }
-    Ok(Some(head_len))
+    Ok(Some((head_len, agreed)))
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub enum DataKind {
 #[derive(Debug, Default)]
 pub struct Assembler {
     open: Option<DataKind>,
+    /// The open message is compressed (permessage-deflate): `buf` holds it as it arrived. Kept
+    /// here, in the padding beside `open`, so that a connection does not grow.
+    compressed: bool,
     buf: Vec<u8>,
     utf8: Utf8Validator,
 }
@@ -75,6 +78,23 @@ impl Assembler {
     /// Whether text checked so far ends on a character boundary.
     pub fn text_complete(&self) -> bool {
         self.utf8.is_complete()
+    }
+
+    /// Whether the open fragmented message is compressed.
+    pub fn is_compressed(&self) -> bool {
+        self.open.is_some() && self.compressed
+    }
+
+    /// Marks the open message (resumed by [`Assembler::from_parts`]) as compressed.
+    pub fn set_compressed(&mut self, compressed: bool) {
+        self.compressed = compressed && self.open.is_some();
+    }
+
+    /// Starts a fragmented message with its first frame's payload (still compressed if
+    /// `compressed`).
+    pub fn start_message(&mut self, kind: DataKind, compressed: bool, payload: &[u8]) {
+        self.compressed = compressed;
+        self.start(kind, payload);
     }
 
     /// Starts a fragmented message with its first frame's payload.
@@ -108,9 +128,17 @@ impl Assembler {
         }
     }
 
+    /// Ends a message whose bytes are not text-checked here (a compressed one): its kind and
+    /// its bytes as they arrived; valid until the next `reset`.
+    pub fn finish_raw(&mut self) -> (Option<DataKind>, &[u8]) {
+        self.compressed = false;
+        (self.open.take(), &self.buf)
+    }
+
     /// Clears the state for the next message (the buffer keeps its capacity).
     pub fn reset(&mut self) {
         self.open = None;
+        self.compressed = false;
         self.buf.clear();
         self.utf8.reset();
     }
@@ -147,6 +175,7 @@ impl Assembler {
     pub fn from_parts(open: Option<DataKind>, buf: Vec<u8>, carried: &[u8]) -> Option<Assembler> {
         Some(Assembler {
             open,
+            compressed: false,
             buf,
             utf8: Utf8Validator::resume(carried)?,
         })

@@ -16,6 +16,7 @@
 )]
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod message;
@@ -30,7 +31,8 @@ pub use session::{Event, Session};
 /// A violation of RFC 6455 by the peer; each maps to the close code wsd answers it with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProtocolError {
-    /// An RSV bit was set without a negotiated extension (§5.2).
+    /// An RSV bit was set without a negotiated extension (§5.2), or RSV1 where
+    /// permessage-deflate does not allow it (RFC 7692 §6.1).
     ReservedBits,
     /// A reserved opcode (§5.2).
     UnknownOpCode,
@@ -52,15 +54,20 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// A frame longer than `max_frame_size`.
     FrameTooBig,
-    /// A message longer than `max_message_size`.
+    /// A message longer than `max_message_size` (for a compressed one: once inflated).
     MessageTooBig,
+    /// A compressed message that does not inflate (RFC 7692 §7.2.2).
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code sent to the peer for this error (§7.4.1).
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            // Data inconsistent with its frame: the same class as bad UTF-8 (§7.4.1).
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -81,6 +88,7 @@ impl ProtocolError {
             ProtocolError::InvalidUtf8 => "invalid UTF-8",
             ProtocolError::FrameTooBig => "frame too big",
             ProtocolError::MessageTooBig => "message too big",
+            ProtocolError::BadCompressedData => "invalid compressed data",
         }
     }
 }

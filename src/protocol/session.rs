@@ -9,6 +9,7 @@
 //! caller runs the close timeout once [`Session::close_state`] leaves `Open`.
 
 use super::close::{parse_close_payload, truncate_reason, CloseCode, CloseFrame, CloseState};
+use super::deflate::{slide_window, Agreed, Deflater, Inflater};
 use super::frame::{decode_header, unmask, write_frame, OpCode, Role, MAX_CONTROL_PAYLOAD};
 use super::message::{Assembler, DataKind, Message};
 use super::ProtocolError;
@@ -63,6 +64,15 @@ pub struct Session {
     delivered: bool,
     /// State of the mask generator (client role only).
     mask_state: u64,
+    /// permessage-deflate, when the handshake agreed to it (RFC 7692).
+    deflate: Option<Agreed>,
+}
+
+/// What a session with permessage-deflate needs to read a compressed message: the loop's
+/// inflater, and this connection's window of the client's stream when it keeps context.
+pub struct Inflate<'a> {
+    pub inflater: &'a mut Inflater,
+    pub window: Option<&'a mut Vec<u8>>,
 }
 
 /// A server session's state as plain data, so that a live connection can be handed to another
@@ -80,6 +90,10 @@ pub struct SessionState {
     pub unmasked: usize,
     /// Bytes of an ignored frame still to skip.
     pub skip: u64,
+    /// permessage-deflate as agreed in the handshake, if it was.
+    pub deflate: Option<Agreed>,
+    /// The fragmented message in progress is compressed (its bytes so far are still so).
+    pub compressed: bool,
 }
 
 impl Session {
@@ -98,6 +112,8 @@ impl Session {
             utf8_carry: carry.to_vec(),
             unmasked: self.unmasked,
             skip: self.skip,
+            deflate: self.deflate,
+            compressed: !self.delivered && self.assembler.is_compressed(),
         }
     }
 
@@ -107,7 +123,11 @@ impl Session {
         if state.open.is_none() && !state.fragments.is_empty() {
             return None;
         }
-        let assembler = Assembler::from_parts(state.open, state.fragments, &state.utf8_carry)?;
+        let mut assembler = Assembler::from_parts(state.open, state.fragments, &state.utf8_carry)?;
+        if state.compressed && (state.deflate.is_none() || state.open.is_none()) {
+            return None;
+        }
+        assembler.set_compressed(state.compressed);
         Some(Session {
             role: Role::Server,
             limits,
@@ -117,6 +137,7 @@ impl Session {
             skip: state.skip,
             delivered: false,
             mask_state: 1,
+            deflate: state.deflate,
         })
     }
 
@@ -131,7 +152,18 @@ impl Session {
             skip: 0,
             delivered: false,
             mask_state: seed | 1,
+            deflate: None,
         }
+    }
+
+    /// Turns permessage-deflate on with what the handshake agreed (before any frame).
+    pub fn set_deflate(&mut self, agreed: Option<Agreed>) {
+        self.deflate = agreed;
+    }
+
+    /// What the handshake agreed for permessage-deflate, if it was negotiated.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     pub fn close_state(&self) -> CloseState {
@@ -152,6 +184,17 @@ impl Session {
         input: &'a mut [u8],
         out: &mut Vec<u8>,
     ) -> Result<Input<'a>, ProtocolError> {
+        self.poll_input_ext(input, out, None)
+    }
+
+    /// [`Session::poll_input`] for a session with permessage-deflate: compressed messages are
+    /// inflated with `inflate` (without it they fail the connection).
+    pub fn poll_input_ext<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        out: &mut Vec<u8>,
+        inflate: Option<Inflate<'a>>,
+    ) -> Result<Input<'a>, ProtocolError> {
         if self.delivered {
             self.delivered = false;
             self.assembler.reset();
@@ -165,7 +208,7 @@ impl Session {
         if self.skip > 0 {
             return Ok(consumed(self.skip_some(input.len())));
         }
-        self.step(input, out)
+        self.step(input, out, inflate)
     }
 
     /// Skips up to `available` bytes of an ignored frame; returns how many.
@@ -179,6 +222,7 @@ impl Session {
         &'a mut self,
         input: &'a mut [u8],
         out: &mut Vec<u8>,
+        inflate: Option<Inflate<'a>>,
     ) -> Result<Input<'a>, ProtocolError> {
         let header = match decode_header(input, self.role) {
             Ok(Some(header)) => header,
@@ -199,8 +243,21 @@ impl Session {
                 return Err(self.fail(e, out));
             }
         }
+        // RFC 7692 §6.1: RSV1 marks the first frame of a compressed data message, and only
+        // where the extension was negotiated.
+        if header.rsv1
+            && (self.deflate.is_none() || !matches!(header.opcode, OpCode::Text | OpCode::Binary))
+        {
+            return Err(self.fail(ProtocolError::ReservedBits, out));
+        }
+        let compressed = match header.opcode {
+            OpCode::Text | OpCode::Binary => header.rsv1,
+            OpCode::Continuation => self.assembler.is_compressed(),
+            _ => false,
+        };
 
-        let text = self.is_text_frame(header.opcode);
+        // Compressed text is checked once inflated, not as it arrives.
+        let text = self.is_text_frame(header.opcode) && !compressed;
         // `decode_header` only returns a header that `input` holds whole.
         let body = input.get_mut(header.header_len..).unwrap_or_default();
         let available = body.len();
@@ -243,6 +300,13 @@ impl Session {
         let consumed_len = frame_len as usize;
 
         let event = match header.opcode {
+            OpCode::Text | OpCode::Binary if header.fin && compressed => {
+                let is_text = header.opcode == OpCode::Text;
+                match self.inflate_message(inflate, &[payload], is_text) {
+                    Ok(message) => Event::Message(message),
+                    Err(e) => return Err(self.fail(e, out)),
+                }
+            }
             OpCode::Text if header.fin => {
                 // The pieces checked while the frame arrived only served to fail fast; this
                 // one pass over the whole payload is the answer and yields the `&str`.
@@ -262,15 +326,30 @@ impl Session {
                 if header.opcode == OpCode::Continuation {
                     self.assembler.push(payload);
                 } else {
-                    let kind = if text {
+                    let kind = if header.opcode == OpCode::Text {
                         DataKind::Text
                     } else {
                         DataKind::Binary
                     };
-                    self.assembler.start(kind, payload);
+                    self.assembler.start_message(kind, compressed, payload);
                 }
                 if !header.fin {
                     return Ok(consumed(consumed_len));
+                }
+                if self.assembler.is_compressed() {
+                    // The compressed pieces, gathered whole: the loop's one inflater is
+                    // shared, so a message is inflated in one call.
+                    self.delivered = true;
+                    let (kind, bytes) = self.assembler.finish_raw();
+                    let is_text = kind == Some(DataKind::Text);
+                    let result =
+                        inflate_with(self.deflate, self.limits, inflate, &[bytes], is_text);
+                    return match result {
+                        Ok(message) => {
+                            Ok(consumed_with(consumed_len, Some(Event::Message(message))))
+                        }
+                        Err(e) => Err(self.fail(e, out)),
+                    };
                 }
                 if text && !self.assembler.text_complete() {
                     return Err(self.fail(ProtocolError::InvalidUtf8, out));
@@ -294,6 +373,16 @@ impl Session {
             },
         };
         Ok(consumed_with(consumed_len, Some(event)))
+    }
+
+    /// Inflates a compressed message that arrived in one frame.
+    fn inflate_message<'a>(
+        &self,
+        inflate: Option<Inflate<'a>>,
+        pieces: &[&[u8]],
+        text: bool,
+    ) -> Result<Message<'a>, ProtocolError> {
+        inflate_with(self.deflate, self.limits, inflate, pieces, text)
     }
 
     /// Frame-level rules of §5.4 and the size limits, checked before any payload is buffered.
@@ -375,6 +464,37 @@ impl Session {
         true
     }
 
+    /// Queues a data message, compressed with `deflater` when permessage-deflate was agreed
+    /// and the payload has at least `threshold` bytes; `window` is this connection's window of
+    /// our stream when it keeps context. Returns false (and queues nothing) once a Close was
+    /// sent.
+    pub fn send_compressed(
+        &mut self,
+        message: Message<'_>,
+        out: &mut Vec<u8>,
+        deflater: &mut Deflater,
+        window: Option<&mut Vec<u8>>,
+        threshold: usize,
+    ) -> bool {
+        let Some(agreed) = self.deflate.filter(|_| message.len() >= threshold) else {
+            return self.send(message, out);
+        };
+        if !self.close.can_send() {
+            return false;
+        }
+        let opcode = if message.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        let mask = match self.role {
+            Role::Server => None,
+            Role::Client => Some(self.next_mask()),
+        };
+        deflater.write_message(out, opcode, message.as_bytes(), &agreed, window, mask);
+        true
+    }
+
     /// Queues a Ping (for keep-alive); returns false once a Close was sent.
     pub fn ping(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
         if !self.close.can_send() || payload.len() > MAX_CONTROL_PAYLOAD {
@@ -414,6 +534,41 @@ impl Session {
         x ^= x >> 27;
         self.mask_state = x;
         ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32).to_le_bytes()
+    }
+}
+
+/// Inflates a compressed message's `pieces` within the message limit, slides the client's
+/// window over it (context takeover), and checks text (§8.1: 1007 if not UTF-8).
+fn inflate_with<'a>(
+    agreed: Option<Agreed>,
+    limits: Limits,
+    inflate: Option<Inflate<'a>>,
+    pieces: &[&[u8]],
+    text: bool,
+) -> Result<Message<'a>, ProtocolError> {
+    // Without the loop's inflater a compressed message cannot be read: as if RSV1 were unknown.
+    let (Some(agreed), Some(Inflate { inflater, window })) = (agreed, inflate) else {
+        return Err(ProtocolError::ReservedBits);
+    };
+    let keep = agreed.inflate_keep();
+    let limit = usize::try_from(limits.max_message_size).unwrap_or(usize::MAX);
+    let (data, window) = match window {
+        Some(w) if keep > 0 => {
+            let data = inflater.inflate(w, pieces, limit)?;
+            (data, Some(w))
+        }
+        _ => (inflater.inflate(&[], pieces, limit)?, None),
+    };
+    if let Some(w) = window {
+        slide_window(w, data, keep);
+    }
+    if text {
+        match std::str::from_utf8(data) {
+            Ok(s) => Ok(Message::Text(s)),
+            Err(_) => Err(ProtocolError::InvalidUtf8),
+        }
+    } else {
+        Ok(Message::Binary(data))
     }
 }
 
@@ -718,5 +873,200 @@ mod tests {
         };
         assert_eq!(step, consumed_with(close_len, Some(Event::Close(frame))));
         assert_eq!(session.close_state(), CloseState::Acknowledged);
+    }
+
+    /// A session that agreed to permessage-deflate as `offer` asks, in `mode`.
+    fn deflate_server(offer: &str, mode: crate::protocol::deflate::Mode) -> Session {
+        let mut s = server();
+        s.set_deflate(crate::protocol::deflate::negotiate(
+            [offer.as_bytes()],
+            mode,
+        ));
+        assert!(s.deflate().is_some());
+        s
+    }
+
+    /// A masked client frame with RSV1 set.
+    fn zframe(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = frame(fin, opcode, payload);
+        out[0] |= 0x40;
+        out
+    }
+
+    /// Feeds `input` whole to a deflate session; the messages (text?, bytes) or the error.
+    fn run_deflate(
+        s: &mut Session,
+        input: &[u8],
+        window: &mut Vec<u8>,
+    ) -> Result<Vec<(bool, Vec<u8>)>, ProtocolError> {
+        let mut inflater = Inflater::default();
+        let mut buf = input.to_vec();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut got = Vec::new();
+        loop {
+            let inflate = Inflate {
+                inflater: &mut inflater,
+                window: Some(&mut *window),
+            };
+            match s.poll_input_ext(&mut buf[pos..], &mut out, Some(inflate))? {
+                Input::NeedMore { .. } => return Ok(got),
+                Input::Consumed { consumed, event } => {
+                    pos += consumed;
+                    if let Some(Event::Message(m)) = event {
+                        got.push((m.is_text(), m.as_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+
+    const HELLO: [u8; 7] = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+
+    #[test]
+    fn compressed_messages_whole_and_fragmented() {
+        use crate::protocol::deflate::Mode;
+        let mut s = deflate_server("permessage-deflate", Mode::Shared);
+        let mut input = zframe(true, OpCode::Text, &HELLO);
+        // §7.2.3.3: split over frames, RSV1 on the first only, a Ping between them.
+        input.extend(zframe(false, OpCode::Binary, &HELLO[..3]));
+        input.extend(frame(true, OpCode::Ping, b""));
+        input.extend(frame(true, OpCode::Continuation, &HELLO[3..]));
+        // An uncompressed message between compressed ones.
+        input.extend(frame(true, OpCode::Text, b"plain"));
+        let got = run_deflate(&mut s, &input, &mut Vec::new()).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (true, b"Hello".to_vec()),
+                (false, b"Hello".to_vec()),
+                (true, b"plain".to_vec())
+            ]
+        );
+        assert!(s.assembler_mut().take_buffer().is_some() || !s.assembler_mut().has_buffer());
+    }
+
+    #[test]
+    fn rsv1_where_it_is_not_allowed() {
+        use crate::protocol::deflate::Mode;
+        // Without the extension.
+        let o = run_all_splits(&zframe(true, OpCode::Text, &HELLO));
+        assert_eq!(o.error, Some(ProtocolError::ReservedBits));
+        // On a continuation, or on a control frame (§6.1).
+        for bad in [
+            [
+                zframe(false, OpCode::Text, &HELLO[..3]),
+                zframe(true, OpCode::Continuation, &HELLO[3..]),
+            ]
+            .concat(),
+            zframe(true, OpCode::Ping, b""),
+        ] {
+            let mut s = deflate_server("permessage-deflate", Mode::Shared);
+            assert_eq!(
+                run_deflate(&mut s, &bad, &mut Vec::new()),
+                Err(ProtocolError::ReservedBits)
+            );
+        }
+    }
+
+    #[test]
+    fn inflated_limits_and_utf8() {
+        use crate::protocol::deflate::{Deflater, Mode};
+        let limits = Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1000,
+        };
+        let mut deflater = Deflater::default();
+        // A bomb: 1 MiB of zeros in about a kilobyte closes with 1009.
+        let bomb = deflater.compress(15, &[], &vec![0u8; 1 << 20]).to_vec();
+        let mut s = Session::new(Role::Server, limits, 0);
+        s.set_deflate(crate::protocol::deflate::negotiate(
+            [&b"permessage-deflate"[..]],
+            Mode::Shared,
+        ));
+        let mut out = Vec::new();
+        let mut input = zframe(true, OpCode::Binary, &bomb);
+        let mut inflater = Inflater::default();
+        let step = s.poll_input_ext(
+            &mut input,
+            &mut out,
+            Some(Inflate {
+                inflater: &mut inflater,
+                window: None,
+            }),
+        );
+        assert_eq!(step, Err(ProtocolError::MessageTooBig));
+        assert_eq!(first_out_frame(&out).1[..2], 1009u16.to_be_bytes());
+        // Text that is not UTF-8 once inflated closes with 1007.
+        let bad = deflater.compress(15, &[], b"ok \xff\xfe").to_vec();
+        let mut s = deflate_server("permessage-deflate", Mode::Shared);
+        assert_eq!(
+            run_deflate(&mut s, &zframe(true, OpCode::Text, &bad), &mut Vec::new()),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // Bytes that are not deflate close with 1007 too.
+        let mut s = deflate_server("permessage-deflate", Mode::Shared);
+        let e = run_deflate(
+            &mut s,
+            &zframe(true, OpCode::Binary, b"\xff\xff\xff"),
+            &mut Vec::new(),
+        );
+        assert_eq!(e, Err(ProtocolError::BadCompressedData));
+        assert_eq!(e.unwrap_err().close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn context_takeover_uses_and_keeps_the_clients_window() {
+        use crate::protocol::deflate::Mode;
+        let mut s = deflate_server(
+            "permessage-deflate; client_max_window_bits",
+            Mode::Context { window_bits: 12 },
+        );
+        let mut window = Vec::new();
+        // §7.2.3.2: the second "Hello" refers back into the first.
+        let mut input = zframe(true, OpCode::Text, &HELLO);
+        input.extend(zframe(true, OpCode::Text, &[0xf2, 0x00, 0x11, 0x00, 0x00]));
+        let got = run_deflate(&mut s, &input, &mut window).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], (true, b"Hello".to_vec()));
+        assert_eq!(window, b"HelloHello");
+    }
+
+    #[test]
+    fn send_compressed_round_trips_through_a_client() {
+        use crate::protocol::deflate::{Deflater, Mode};
+        let mut server = deflate_server("permessage-deflate", Mode::Shared);
+        let mut deflater = Deflater::default();
+        let mut out = Vec::new();
+        let text = "compress me, compress me, compress me, compress me, compress me!";
+        assert!(server.send_compressed(Message::Text(text), &mut out, &mut deflater, None, 10));
+        assert_eq!(out[0], 0xC1, "FIN, RSV1, text");
+        assert!(out.len() < text.len());
+        // Below the threshold: plain.
+        let mut plain = Vec::new();
+        assert!(server.send_compressed(Message::Text("hi"), &mut plain, &mut deflater, None, 10));
+        assert_eq!(plain, [0x81, 2, b'h', b'i']);
+        // The client role reads it back with the same code.
+        let mut client = Session::new(Role::Client, LIMITS, 1);
+        client.set_deflate(server.deflate());
+        let mut inflater = Inflater::default();
+        let step = client
+            .poll_input_ext(
+                &mut out,
+                &mut Vec::new(),
+                Some(Inflate {
+                    inflater: &mut inflater,
+                    window: None,
+                }),
+            )
+            .unwrap();
+        let Input::Consumed {
+            event: Some(Event::Message(m)),
+            ..
+        } = step
+        else {
+            unreachable!("{step:?}")
+        };
+        assert_eq!(m, Message::Text(text));
     }
 }

@@ -20,7 +20,8 @@ use std::io::IoSlice;
 use slab::Slab;
 
 use crate::conn_id::ConnId;
-use crate::protocol::frame::{write_frame, OpCode};
+use crate::protocol::deflate::{Deflater, MAX_WINDOW_BITS};
+use crate::protocol::frame::{decode_header, write_frame, write_frame_rsv1, OpCode, Role};
 use crate::protocol::{CloseCode, Message};
 
 use super::name::{is_valid, ChannelError};
@@ -95,6 +96,10 @@ struct Entry {
     delivered: u32,
     /// The target connection went away.
     dead: bool,
+    /// The compressed frame (permessage-deflate), in the arena, when a receiver negotiated the
+    /// extension and compressing made it shorter; `zstart == zend` otherwise.
+    zstart: usize,
+    zend: usize,
 }
 
 struct Channel {
@@ -106,6 +111,8 @@ struct Channel {
     first: u32,
     last: u32,
     tombs: bool,
+    /// A subscriber of this turn's entries negotiated permessage-deflate (set by `mark`).
+    zip: bool,
 }
 
 /// One subscription of a connection: the channel and the connection's index in its list.
@@ -194,6 +201,34 @@ struct Record {
     how: u8,
 }
 
+/// Connections that take the compressed-once frames (permessage-deflate with a window at least
+/// the hub's), one bit per connection key: a `Record` would cost every connection ~32 bytes
+/// even in echo mode, where none subscribes.
+#[derive(Default)]
+struct ZipSet(Vec<u64>);
+
+impl ZipSet {
+    fn get(&self, key: u32) -> bool {
+        let (word, bit) = (key as usize / 64, key % 64);
+        self.0.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn set(&mut self, key: u32, on: bool) {
+        let (word, bit) = (key as usize / 64, key % 64);
+        if word >= self.0.len() {
+            if !on {
+                return;
+            }
+            self.0.resize(word + 1, 0);
+        }
+        if on {
+            self.0[word] |= 1 << bit;
+        } else {
+            self.0[word] &= !(1 << bit);
+        }
+    }
+}
+
 const SINGLE: u8 = 1;
 const MULTI: u8 = 2;
 
@@ -216,6 +251,14 @@ pub struct Hub {
     closes: Vec<(ConnId, CloseCode, String)>,
     turn: u32,
     counts: Counts,
+    /// The loop's one compressor: fan-out frames (compressed once for every subscriber that
+    /// negotiated permessage-deflate) and direct replies.
+    deflater: Deflater,
+    /// Connections that take compressed frames.
+    zips: ZipSet,
+    /// Window bits of the compressed-once frames, and the size below which none is made.
+    zip_window: u8,
+    zip_threshold: usize,
     /// Publications go to the broker instead of straight to local subscribers.
     relay: bool,
     outbox: Vec<Outbound>,
@@ -248,6 +291,42 @@ impl Hub {
 
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// The loop's compressor.
+    pub fn deflater_mut(&mut self) -> &mut Deflater {
+        &mut self.deflater
+    }
+
+    pub fn deflater(&self) -> &Deflater {
+        &self.deflater
+    }
+
+    /// A hub whose fan-out frames are compressed as [`Hub::set_compression`] says.
+    pub fn with_compression(window_bits: u8, threshold: usize) -> Hub {
+        let mut hub = Hub::default();
+        hub.set_compression(window_bits, threshold);
+        hub
+    }
+
+    /// Sets how fan-out frames are compressed: with a `window_bits` window (a subscriber
+    /// whose agreed window is smaller gets the plain frame), for messages of at least
+    /// `threshold` bytes.
+    pub fn set_compression(&mut self, window_bits: u8, threshold: usize) {
+        self.zip_window = window_bits;
+        self.zip_threshold = threshold;
+    }
+
+    /// Records whether `conn` negotiated permessage-deflate, and the window we may compress
+    /// with for it (called at open, before the handler can subscribe it).
+    pub fn set_deflate(&mut self, conn: ConnId, server_window: Option<u8>) {
+        let zip_window = if self.zip_window == 0 {
+            MAX_WINDOW_BITS
+        } else {
+            self.zip_window
+        };
+        let zip = server_window.is_some_and(|w| w >= zip_window);
+        self.zips.set(conn_key(conn), zip);
     }
 
     /// Channels with at least one subscriber.
@@ -325,6 +404,7 @@ impl Hub {
                     first: NONE,
                     last: NONE,
                     tombs: false,
+                    zip: false,
                 }) as u32;
                 self.names.insert(channel.into(), ch);
                 if self.relay {
@@ -371,6 +451,8 @@ impl Hub {
     /// The connection is gone: it leaves every channel, and nothing more is sent to it.
     pub fn remove_conn(&mut self, conn: ConnId) {
         let key = conn_key(conn);
+        // The key is reused by the next connection, which negotiates for itself.
+        self.zips.set(key, false);
         let Some(record) = self.records.get_mut(key as usize) else {
             return;
         };
@@ -471,6 +553,8 @@ impl Hub {
             next: NONE,
             delivered: 0,
             dead: false,
+            zstart: 0,
+            zend: 0,
         });
         if c.first == NONE {
             c.first = idx;
@@ -495,6 +579,8 @@ impl Hub {
             next: NONE,
             delivered: 0,
             dead: false,
+            zstart: 0,
+            zend: 0,
         });
     }
 
@@ -526,6 +612,7 @@ impl Hub {
         }
         self.turn = self.turn.wrapping_add(1).max(1);
         self.mark();
+        self.compress_once();
         let Hub {
             channels,
             records,
@@ -534,6 +621,7 @@ impl Hub {
             active,
             multi,
             counts,
+            zips,
             ..
         } = self;
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
@@ -545,16 +633,22 @@ impl Hub {
             counts.deliveries += d.queued as u64;
             counts.dropped += d.dropped as u64;
         };
-        // Subscribers of one channel only: a suffix of the channel's slices.
+        let mut zslices: Vec<IoSlice<'_>> = Vec::new();
+        // Subscribers of one channel only: a suffix of the channel's slices (the compressed
+        // frames' list for those that negotiated permessage-deflate).
         for &ch in active.iter() {
             let c = &channels[ch as usize];
             slices.clear();
+            zslices.clear();
             idxs.clear();
             let mut lens: Vec<u32> = Vec::new();
             let mut e = c.first;
             while e != NONE {
                 let entry = &entries[e as usize];
                 slices.push(IoSlice::new(&arena[entry.start..entry.end]));
+                if c.zip {
+                    zslices.push(IoSlice::new(&arena[entry.wire(true)]));
+                }
                 idxs.push(e);
                 lens.push(entry.subs_len);
                 e = entry.next;
@@ -569,26 +663,28 @@ impl Hub {
                 if key == TOMB || records[key as usize].how != SINGLE {
                     continue;
                 }
-                let d = deliver(ConnId(key as usize), &slices[first..]);
+                let list = if zips.get(key) { &zslices } else { &slices };
+                let d = deliver(ConnId(key as usize), &list[first..]);
                 tally(entries, &idxs[first..], d);
             }
         }
         // Direct sends to connections that got nothing else.
         for i in 0..entries.len() {
+            let entry = entries[i];
             let Entry {
                 target: Target::Conn(key),
                 dead: false,
-                start,
-                end,
                 ..
-            } = entries[i]
+            } = entry
             else {
                 continue;
             };
-            if records[key as usize].how != SINGLE {
+            let record = &records[key as usize];
+            if record.how != SINGLE {
                 continue;
             }
-            let d = deliver(ConnId(key as usize), &[IoSlice::new(&arena[start..end])]);
+            let frame = &arena[entry.wire(zips.get(key))];
+            let d = deliver(ConnId(key as usize), &[IoSlice::new(frame)]);
             tally(entries, &[i as u32], d);
         }
         // The rest: merged in publication order.
@@ -596,6 +692,7 @@ impl Hub {
             slices.clear();
             idxs.clear();
             let subs = records[key as usize].subs.as_slice();
+            let zip = zips.get(key);
             for (i, e) in entries.iter().enumerate() {
                 let wanted = match e.target {
                     _ if e.dead => false,
@@ -607,7 +704,7 @@ impl Hub {
                     }),
                 };
                 if wanted {
-                    slices.push(IoSlice::new(&arena[e.start..e.end]));
+                    slices.push(IoSlice::new(&arena[e.wire(zip)]));
                     idxs.push(i as u32);
                 }
             }
@@ -615,6 +712,7 @@ impl Hub {
             tally(entries, &idxs, d);
         }
         drop(slices);
+        drop(zslices);
         self.finish_turn();
     }
 
@@ -627,8 +725,10 @@ impl Hub {
             entries,
             active,
             multi,
+            zips,
             ..
         } = self;
+        // Returns whether the connection takes compressed frames.
         let mut mark = |key: u32| {
             let r = &mut records[key as usize];
             if r.mark != turn {
@@ -638,20 +738,67 @@ impl Hub {
                 r.how = MULTI;
                 multi.push(key);
             }
+            zips.get(key)
         };
         for &ch in active.iter() {
-            let c = &channels[ch as usize];
+            let c = &mut channels[ch as usize];
             let max = entries[c.last as usize].subs_len as usize;
+            let mut zip = false;
             for &key in &c.subs[..max] {
                 if key != TOMB {
-                    mark(key);
+                    zip |= mark(key);
                 }
             }
+            c.zip = zip;
         }
         for e in entries.iter() {
             if let (Target::Conn(key), false) = (e.target, e.dead) {
                 mark(key);
             }
+        }
+    }
+
+    /// Compresses, once, each entry that a receiver with permessage-deflate will be handed
+    /// (after `mark`): the compressed frame goes into the arena beside the plain one.
+    fn compress_once(&mut self) {
+        let Hub {
+            channels,
+            zips,
+            arena,
+            entries,
+            deflater,
+            zip_window,
+            zip_threshold,
+            ..
+        } = self;
+        let window = if *zip_window == 0 {
+            MAX_WINDOW_BITS
+        } else {
+            *zip_window
+        };
+        for e in entries.iter_mut() {
+            let wanted = match e.target {
+                _ if e.dead => false,
+                Target::Channel(ch) => channels.get(ch as usize).is_some_and(|c| c.zip),
+                Target::Conn(key) => zips.get(key),
+            };
+            if !wanted {
+                continue;
+            }
+            let Ok(Some(header)) = decode_header(&arena[e.start..e.end], Role::Client) else {
+                continue;
+            };
+            let payload = e.start + header.header_len..e.end;
+            if payload.len() < *zip_threshold {
+                continue;
+            }
+            let compressed = deflater.compress(window, &[], &arena[payload.clone()]);
+            if compressed.len() >= payload.len() {
+                continue; // Incompressible: everyone gets the plain frame.
+            }
+            let zstart = arena.len();
+            write_frame_rsv1(arena, header.opcode, compressed, None);
+            (e.zstart, e.zend) = (zstart, arena.len());
         }
     }
 
@@ -699,6 +846,18 @@ impl Hub {
         c.tombs = false;
         if c.live == 0 {
             self.drop_channel(ch);
+        }
+    }
+}
+
+impl Entry {
+    /// The arena range of the frame a receiver gets: the compressed one if it takes those and
+    /// one was made.
+    fn wire(&self, zip: bool) -> std::ops::Range<usize> {
+        if zip && self.zend > self.zstart {
+            self.zstart..self.zend
+        } else {
+            self.start..self.end
         }
     }
 }
@@ -901,5 +1060,69 @@ mod tests {
             hub.subscribe(ConnId(2), "bad name"),
             Err(ChannelError::InvalidName)
         );
+    }
+
+    #[test]
+    fn a_publication_is_compressed_once_for_the_subscribers_that_take_it() {
+        let mut hub = Hub::with_compression(15, 64);
+        for c in 0..4 {
+            hub.set_deflate(ConnId(c), (c % 2 == 0).then_some(15));
+            hub.subscribe(ConnId(c), "news").unwrap();
+        }
+        // A connection whose agreed window is smaller than the hub's gets plain frames.
+        hub.set_deflate(ConnId(4), Some(10));
+        hub.subscribe(ConnId(4), "news").unwrap();
+        let body = "compressible ".repeat(100);
+        hub.publish("news", text(&body));
+        hub.publish("news", text("short"));
+        let mut got = Vec::new();
+        hub.flush(|id, slices| {
+            got.push((
+                id.0,
+                slices
+                    .iter()
+                    .map(|s| (s[0], s.as_ptr()))
+                    .collect::<Vec<_>>(),
+            ));
+            Delivered {
+                queued: slices.len(),
+                dropped: 0,
+            }
+        });
+        got.sort();
+        let zipped: Vec<_> = got
+            .iter()
+            .filter(|(id, _)| id % 2 == 0 && *id != 4)
+            .collect();
+        let plain: Vec<_> = got
+            .iter()
+            .filter(|(id, _)| id % 2 == 1 || *id == 4)
+            .collect();
+        for (_, frames) in &zipped {
+            assert_eq!(frames[0].0, 0xC1, "FIN, RSV1, text");
+            assert_eq!(frames[1].0, 0x81, "below the threshold: plain");
+            assert_eq!(
+                frames[0].1, zipped[0].1[0].1,
+                "the same bytes for every subscriber"
+            );
+        }
+        for (_, frames) in &plain {
+            assert_eq!((frames[0].0, frames[1].0), (0x81, 0x81));
+        }
+        assert_eq!(hub.deflater().counts().messages, 1, "compressed once");
+        // A key reused by a connection without the extension gets plain frames.
+        hub.remove_conn(ConnId(0));
+        hub.set_deflate(ConnId(0), None);
+        hub.subscribe(ConnId(0), "news").unwrap();
+        hub.publish("news", text(&body));
+        hub.flush(|id, slices| {
+            if id.0 == 0 {
+                assert_eq!(slices[0][0], 0x81);
+            }
+            Delivered {
+                queued: slices.len(),
+                dropped: 0,
+            }
+        });
     }
 }

@@ -7,10 +7,12 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::config::Config;
+use crate::handler::Outgoing;
 use crate::handler::{Ctx, Current, Handler};
 use crate::protocol::close::CloseState;
+use crate::protocol::deflate::Inflater;
 use crate::protocol::handshake::{self, Reject};
-use crate::protocol::session::Input;
+use crate::protocol::session::{Inflate, Input};
 use crate::protocol::{CloseCode, Event, Role, Session};
 use crate::pubsub::{Delivered, Hub};
 
@@ -101,6 +103,20 @@ pub struct Scratch {
     pub read: Vec<u8>,
     pub cork: Vec<u8>,
     pub pool: BufPool,
+    /// The loop's one decompressor (permessage-deflate), reset at every message; the one
+    /// compressor is the hub's, which compresses fan-out too.
+    pub inflater: Inflater,
+}
+
+/// What a connection keeps between messages with permessage-deflate context takeover: the
+/// tail of each stream as plain bytes (never a zlib stream). Boxed, and only made once the
+/// connection has a message: an idle connection that never sent one holds nothing.
+#[derive(Default)]
+pub struct Windows {
+    /// The client's stream: the dictionary its next compressed message is inflated with.
+    pub inflate: Vec<u8>,
+    /// Our stream: the dictionary our next compressed message to it is made with.
+    pub deflate: Vec<u8>,
 }
 
 /// Most buffers the pool keeps.
@@ -197,6 +213,8 @@ pub struct Conn {
     /// Output the socket has not taken yet, from `out_pos` on; empty when idle.
     out: Vec<u8>,
     out_pos: usize,
+    /// permessage-deflate context takeover windows (`compression = "context"` only).
+    windows: Option<Box<Windows>>,
 }
 
 impl Conn {
@@ -219,6 +237,7 @@ impl Conn {
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            windows: None,
         }
     }
 
@@ -339,6 +358,12 @@ impl Conn {
         if self.phase != Phase::Open {
             return (data.len(), None);
         }
+        let agreed = self.session.deflate();
+        // The windows are made with the first frame, not at the handshake: a connection that
+        // never sends one costs no more than with compression off.
+        if agreed.is_some_and(|a| a.keeps_context()) && self.windows.is_none() && pos < data.len() {
+            self.windows = Some(Box::default());
+        }
         let out = if self.has_output() {
             &mut self.out
         } else {
@@ -346,7 +371,15 @@ impl Conn {
         };
         loop {
             let open = self.session.close_state() == CloseState::Open;
-            let step = match self.session.poll_input(&mut data[pos..], out) {
+            let (inflate_window, deflate_window) = match self.windows.as_deref_mut() {
+                Some(w) => (Some(&mut w.inflate), Some(&mut w.deflate)),
+                None => (None, None),
+            };
+            let inflate = agreed.map(|_| Inflate {
+                inflater: &mut cx.scratch.inflater,
+                window: inflate_window,
+            });
+            let step = match self.session.poll_input_ext(&mut data[pos..], out, inflate) {
                 Ok(step) => step,
                 Err(e) => {
                     log::debug!("{}: protocol error: {e}", cx.id);
@@ -375,6 +408,11 @@ impl Conn {
                         can_send: open,
                         sent: 0,
                         close: None,
+                        deflate: agreed.map(|agreed| Outgoing {
+                            agreed,
+                            window: deflate_window,
+                            threshold: cx.config.compression_threshold,
+                        }),
                     };
                     let mut ctx = handler_ctx!(cx, current);
                     handler.on_message(&mut ctx, id, message);
@@ -415,7 +453,10 @@ impl Conn {
         match request {
             Ok(req) => {
                 let mut cork = std::mem::take(&mut cx.scratch.cork);
-                handshake::write_accept(req.key, &mut cork);
+                let agreed = handshake::negotiate_deflate(&req, cx.config.deflate_mode());
+                handshake::write_accept_with(req.key, agreed.as_ref(), &mut cork);
+                self.session.set_deflate(agreed);
+                cx.hub.set_deflate(cx.id, agreed.map(|a| a.server_window));
                 self.phase = Phase::Open;
                 log::debug!("{}: open {}", cx.id, req.path);
                 let id = cx.id;
@@ -425,6 +466,13 @@ impl Conn {
                     can_send: true,
                     sent: 0,
                     close: None,
+                    // Without context takeover windows (made with the first message): a
+                    // greeting is compressed from an empty dictionary, which is always valid.
+                    deflate: agreed.map(|agreed| Outgoing {
+                        agreed: agreed.without_server_context(),
+                        window: None,
+                        threshold: cx.config.compression_threshold,
+                    }),
                 };
                 let mut ctx = handler_ctx!(cx, current);
                 handler.on_open(&mut ctx, id, req.path);
@@ -500,6 +548,7 @@ impl Conn {
         if let Some(buf) = self.session.assembler_mut().take_buffer() {
             pool.give(buf);
         }
+        self.windows = None;
     }
 
     /// Queues `write` through the cork (or after pending output) and writes what the socket
@@ -529,6 +578,12 @@ impl Conn {
         let mut d = Delivered::default();
         if self.phase != Phase::Open || !self.session.close_state().can_send() || self.gone {
             return d;
+        }
+        if let Some(w) = self.windows.as_deref_mut() {
+            // Fan-out frames are compressed once, from an empty dictionary; what this
+            // connection's dictionary held is no longer the tail of what it was sent, so
+            // the next message starts from empty too (always valid, RFC 7692 §7.2.1).
+            w.deflate.clear();
         }
         let mut rest = slices;
         if !self.has_output() {
@@ -599,6 +654,14 @@ impl Conn {
             input: self.inbuf.clone(),
             output: self.out[self.out_pos..].to_vec(),
             channels,
+            inflate_window: self
+                .windows
+                .as_ref()
+                .map_or_else(Vec::new, |w| w.inflate.clone()),
+            deflate_window: self
+                .windows
+                .as_ref()
+                .map_or_else(Vec::new, |w| w.deflate.clone()),
         }
     }
 
@@ -613,6 +676,13 @@ impl Conn {
             _ => return None,
         };
         let flag = |bit: u8| state.flags & (1 << bit) != 0;
+        let windows =
+            (!state.inflate_window.is_empty() || !state.deflate_window.is_empty()).then(|| {
+                Box::new(Windows {
+                    inflate: state.inflate_window,
+                    deflate: state.deflate_window,
+                })
+            });
         Some(Conn {
             sock,
             phase,
@@ -631,6 +701,7 @@ impl Conn {
             inbuf: state.input,
             out: state.output,
             out_pos: 0,
+            windows,
         })
     }
 

@@ -15,6 +15,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::handler::Handler;
+use crate::protocol::deflate::CodecCounts;
 use crate::pubsub::hub::Counts;
 
 use super::EventLoop;
@@ -82,6 +83,15 @@ pub struct Snapshot<'a> {
     pub draining: bool,
     pub drain_pending: usize,
     pub pubsub: PubSubSnapshot<'a>,
+    /// permessage-deflate: the loop's compressor and decompressor.
+    pub deflate: DeflateSnapshot,
+}
+
+/// What the loop's permessage-deflate codec did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeflateSnapshot {
+    pub compressed: CodecCounts,
+    pub inflated: CodecCounts,
 }
 
 /// The channels' part of a snapshot.
@@ -109,6 +119,10 @@ macro_rules! snapshot {
                 counts: $lp.hub.counts(),
                 api_requests: Some(&$lp.api.requests),
                 broker: $lp.broker.as_ref(),
+            },
+            deflate: $crate::server::metrics::DeflateSnapshot {
+                compressed: $lp.hub.deflater().counts(),
+                inflated: $lp.scratch.inflater.counts(),
             },
         }
     };
@@ -229,6 +243,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
     ];
     for (name, kind, help, value) in single.into_iter().chain(pubsub) {
         metric(name, kind, help, &[(String::new(), value)]);
+    }
+    let (z, i) = (s.deflate.compressed, s.deflate.inflated);
+    let deflate: [(&str, &str, u64, u64); 3] = [
+        (
+            "wsd_deflate_messages_total",
+            "permessage-deflate messages compressed (out, a fan-out frame counted once) and inflated (in).",
+            z.messages,
+            i.messages,
+        ),
+        (
+            "wsd_deflate_plain_bytes_total",
+            "permessage-deflate payload bytes before compressing (out) and after inflating (in).",
+            z.plain_bytes,
+            i.plain_bytes,
+        ),
+        (
+            "wsd_deflate_compressed_bytes_total",
+            "permessage-deflate compressed payload bytes made (out) and received (in).",
+            z.compressed_bytes,
+            i.compressed_bytes,
+        ),
+    ];
+    for (name, help, out, inn) in deflate {
+        let samples = [
+            ("{direction=\"out\"}".to_string(), out),
+            ("{direction=\"in\"}".to_string(), inn),
+        ];
+        metric(name, "counter", help, &samples);
     }
     metric(
         "wsd_build_info",
@@ -529,6 +571,7 @@ mod tests {
             draining: true,
             drain_pending: 1,
             pubsub: PubSubSnapshot::default(),
+            deflate: DeflateSnapshot::default(),
         });
         assert!(text.contains("wsd_connections_open 2\n"), "{text}");
         assert!(text.contains("wsd_connections_accepted_total 3\n"));

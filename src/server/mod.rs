@@ -387,7 +387,8 @@ impl<H: Handler> EventLoop<H> {
         let metrics = Metrics::new(metrics, poll.registry())?;
         let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
-        let mut hub = Hub::default();
+        let mut hub =
+            Hub::with_compression(config.fanout_window_bits(), config.compression_threshold);
         let broker = (!config.broker.is_empty()).then(|| {
             hub.set_relay();
             log::info!(
@@ -415,6 +416,7 @@ impl<H: Handler> EventLoop<H> {
                 read: vec![0; READ_BUF_SIZE],
                 cork: Vec::with_capacity(READ_BUF_SIZE),
                 pool: BufPool::default(),
+                inflater: Default::default(),
             },
             wheel: Wheel::new(now),
             due: Vec::new(),
@@ -481,6 +483,8 @@ impl<H: Handler> EventLoop<H> {
             if let Some(ip) = conn.ip {
                 *self.per_ip.entry(ip).or_insert(0) += 1;
             }
+            let deflate = conn.session.deflate().map(|a| a.server_window);
+            self.hub.set_deflate(id, deflate);
             entry.insert(conn);
             if let Some(after) = remaining {
                 self.wheel.arm(id.0, self.now + after);

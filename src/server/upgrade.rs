@@ -20,12 +20,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::protocol::close::CloseState;
+use crate::protocol::deflate::Agreed;
 use crate::protocol::message::DataKind;
 use crate::protocol::session::SessionState;
 
 /// The state format this binary writes and reads. A new process that reads another refuses
 /// the handover (the old one keeps serving).
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 /// The first bytes of the state.
 const MAGIC: &[u8; 4] = b"WSDU";
 /// Environment variable naming the new process's end of the handover socket.
@@ -70,6 +71,9 @@ pub struct ConnState {
     pub output: Vec<u8>,
     /// Channels, in the order the connection joined them.
     pub channels: Vec<String>,
+    /// permessage-deflate context takeover: the tails of the client's and of our stream.
+    pub inflate_window: Vec<u8>,
+    pub deflate_window: Vec<u8>,
 }
 
 /// A publish API connection between requests.
@@ -218,6 +222,18 @@ pub fn encode(state: &State) -> Vec<u8> {
         w.bytes(&s.utf8_carry);
         w.u64(s.unmasked as u64);
         w.u64(s.skip);
+        // Version 2: permessage-deflate (a presence byte, the agreement, the open message's
+        // compression, the windows).
+        match s.deflate {
+            None => w.u8(0),
+            Some(agreed) => {
+                w.u8(1);
+                w.0.extend_from_slice(&agreed.to_bytes());
+            }
+        }
+        w.u8(u8::from(s.compressed));
+        w.bytes(&c.inflate_window);
+        w.bytes(&c.deflate_window);
         w.bytes(&c.input);
         w.bytes(&c.output);
         w.u64(c.channels.len() as u64);
@@ -297,7 +313,18 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
             utf8_carry: r.bytes()?.to_vec(),
             unmasked: usize::try_from(r.u64()?).map_err(|_| "bad unmask offset")?,
             skip: r.u64()?,
+            deflate: match r.u8()? {
+                0 => None,
+                1 => {
+                    let bytes: [u8; 5] = r.take(5)?.try_into().unwrap_or_default();
+                    Some(Agreed::from_bytes(bytes).ok_or("bad permessage-deflate agreement")?)
+                }
+                k => return Err(format!("unknown deflate kind {k}")),
+            },
+            compressed: r.u8()? != 0,
         };
+        let inflate_window = r.bytes()?.to_vec();
+        let deflate_window = r.bytes()?.to_vec();
         let input = r.bytes()?.to_vec();
         let output = r.bytes()?.to_vec();
         let channels = (0..r.u64()?)
@@ -316,6 +343,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
             input,
             output,
             channels,
+            inflate_window,
+            deflate_window,
         });
     }
     let n = r.u64()?;
@@ -636,10 +665,17 @@ mod tests {
                     utf8_carry: vec![0xC3],
                     unmasked: 3,
                     skip: 0,
+                    deflate: crate::protocol::deflate::negotiate(
+                        [&b"permessage-deflate; client_max_window_bits"[..]],
+                        crate::protocol::deflate::Mode::Context { window_bits: 12 },
+                    ),
+                    compressed: false,
                 },
                 input: vec![0x81, 0x85, 1, 2, 3],
                 output: vec![0x81, 0x01, b'x'],
                 channels: vec!["news".into(), "chat/room-1".into()],
+                inflate_window: b"the client's last bytes".to_vec(),
+                deflate_window: b"ours".to_vec(),
             }],
             api_conns: vec![ApiConnState {
                 input: b"GET /chan".to_vec(),

@@ -92,6 +92,10 @@ pub struct Options {
     pub server_pids: Vec<u32>,
     /// echo: each connection sends one message every interval instead of flat out.
     pub interval: Option<Duration>,
+    /// Offer permessage-deflate and compress messages when the server accepts it.
+    pub deflate: bool,
+    /// idle: messages (of `size` bytes) each connection echoes once open, before it idles.
+    pub idle_messages: u64,
     /// Spread the connections over this many channel paths, `<url path>/<prefix><k>` for
     /// connection `i` with `k = i % channels` (None: every connection uses the URL's path).
     pub channels: Option<usize>,
@@ -144,6 +148,8 @@ common options:
   --server-pid PID[,PID…]   also report those processes' CPU time per message (from /proc,
                             summed over the list, e.g. two instances and their Redis; the
                             option may repeat)
+  --deflate                 offer permessage-deflate as browsers do; when accepted, messages
+                            of 64 bytes or more are sent compressed (text templates compress)
   --channels C              spread the connections over C paths <url path>/<prefix><k>,
                             connection i on k = i % C (pubsub: its channels)  [pubsub: 1]
   --channel-prefix P        channel name prefix                           [ch]
@@ -166,6 +172,9 @@ queueing); SIGUSR1 starts a new period, reported on its own (period 0: before th
 so a script can mark each server reload; connections that dropped are counted as lost.
 idle:
   --hold T                  hold the connections for T                   [until SIGINT/SIGTERM]
+  --messages-first K        each connection echoes K messages of -s bytes once open, then
+                            idles (what a connection keeps after traffic, e.g. --deflate
+                            windows)                                     [0]
 drain:
   --no-answer-fraction F    share of connections that never answer the server's Close [0]
   --hold T                  longest wait for the first Close              [until SIGINT/SIGTERM]
@@ -232,6 +241,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         quiet: false,
         size: DEFAULT_SIZE,
         binary: false,
+        deflate: false,
+        idle_messages: 0,
         pipeline: 1,
         duration: None,
         messages: None,
@@ -277,6 +288,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             }
             "--interval" => o.interval = Some(parse_duration(&value()?)?),
             "--json" => o.json = true,
+            "--deflate" => o.deflate = true,
             "-q" | "--quiet" => o.quiet = true,
             "-s" | "--size" => size = Some(parse_size(&value()?)?),
             "--binary" => o.binary = true,
@@ -284,6 +296,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "-d" | "--duration" => o.duration = Some(parse_duration(&value()?)?),
             "-m" | "--messages" => o.messages = Some(parse_count(&value()?)? as u64),
             "--hold" => o.hold = Some(parse_duration(&value()?)?),
+            "--messages-first" => o.idle_messages = parse_count(&value()?)? as u64,
             "--no-answer-fraction" => {
                 let v = value()?;
                 let f: f64 = v

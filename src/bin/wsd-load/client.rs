@@ -8,9 +8,10 @@ use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
+use wsd::protocol::deflate::{Deflater, Inflater, CLIENT_OFFER};
 use wsd::protocol::frame::MAX_HEADER_LEN;
 use wsd::protocol::handshake::{self, ResponseError};
-use wsd::protocol::session::{Input, Limits};
+use wsd::protocol::session::{Inflate, Input, Limits};
 use wsd::protocol::{Event, Message, Role, Session};
 
 use crate::payload::{Expect, Payload, Tally};
@@ -170,6 +171,8 @@ pub struct Client {
     pub quota: u64,
     /// Echo: send time of each message in flight, by sequence number modulo the pipeline depth.
     send_times: Box<[Instant]>,
+    /// permessage-deflate: the server's window, when it keeps context (empty otherwise).
+    inflate_window: Vec<u8>,
     /// The channel index of the connection's path (0 without `--channels`).
     pub channel: u32,
     /// pubsub: what the subscriber expects next from each publisher (set once open).
@@ -178,6 +181,16 @@ pub struct Client {
     pub gaps: Gaps,
     /// Echo with `--interval`: when its next message is due.
     pub due: Option<Instant>,
+}
+
+/// Messages shorter than this go out uncompressed (wsd's default `compression_threshold`).
+const DEFLATE_THRESHOLD: usize = 64;
+
+/// A worker's one compressor and decompressor, shared by its connections as in the server.
+#[derive(Default)]
+pub struct Codec {
+    pub deflater: Deflater,
+    pub inflater: Inflater,
 }
 
 impl Client {
@@ -216,6 +229,7 @@ impl Client {
             received: 0,
             quota: 0,
             send_times: vec![now; pipeline].into_boxed_slice(),
+            inflate_window: Vec::new(),
             channel: 0,
             expect: None,
             gaps: Gaps::default(),
@@ -234,7 +248,7 @@ impl Client {
 
     /// The TCP connect finished (writable): queue the upgrade request for `path`. `Ok(false)`
     /// for a spurious wake-up while still connecting.
-    pub fn on_connected(&mut self, host: &str, path: &str) -> Result<bool, End> {
+    pub fn on_connected(&mut self, host: &str, path: &str, deflate: bool) -> Result<bool, End> {
         let Some(sock) = &self.sock else {
             return Err(End::Reset);
         };
@@ -248,7 +262,8 @@ impl Client {
             Err(_) => return Err(End::ConnectFailed),
         }
         let key = std::str::from_utf8(&self.key).expect("base64 is ASCII");
-        handshake::write_request(host, path, key, &mut self.out);
+        let offer = deflate.then_some(CLIENT_OFFER);
+        handshake::write_request_with(host, path, key, offer, &mut self.out);
         self.state = State::Upgrading;
         Ok(true)
     }
@@ -266,6 +281,7 @@ impl Client {
         check: Check<'_>,
         latency: &mut hdrhistogram::Histogram<u64>,
         to_eof: bool,
+        codec: &mut Codec,
     ) -> ReadOutcome {
         let mut outcome = ReadOutcome::default();
         loop {
@@ -290,7 +306,7 @@ impl Client {
                 Ok(n) => {
                     self.in_len += n;
                     let now = Instant::now();
-                    self.consume(check, latency, now, &mut outcome);
+                    self.consume(check, latency, now, &mut outcome, codec);
                     let drained = n < room && !to_eof && self.state != State::Closing;
                     if outcome.end.is_some() || drained {
                         return outcome;
@@ -313,12 +329,14 @@ impl Client {
         latency: &mut hdrhistogram::Histogram<u64>,
         now: Instant,
         outcome: &mut ReadOutcome,
+        codec: &mut Codec,
     ) {
         if self.state == State::Upgrading {
             let key = std::str::from_utf8(&self.key).expect("base64 is ASCII");
-            match handshake::check_response(&self.input[..self.in_len], key) {
+            match handshake::check_response_ext(&self.input[..self.in_len], key) {
                 Ok(None) => return,
-                Ok(Some(head)) => {
+                Ok(Some((head, agreed))) => {
+                    self.session.set_deflate(agreed);
                     self.input.copy_within(head..self.in_len, 0);
                     self.in_len -= head;
                     self.state = State::Open;
@@ -339,9 +357,15 @@ impl Client {
         let pipeline = self.send_times.len() as u64;
         while used < self.in_len {
             let out_before = self.out.len();
-            let step = self
-                .session
-                .poll_input(&mut self.input[used..self.in_len], &mut self.out);
+            let inflate = self.session.deflate().map(|_| Inflate {
+                inflater: &mut codec.inflater,
+                window: Some(&mut self.inflate_window),
+            });
+            let step = self.session.poll_input_ext(
+                &mut self.input[used..self.in_len],
+                &mut self.out,
+                inflate,
+            );
             match step {
                 Err(_) => {
                     outcome.end = Some(End::Protocol);
@@ -416,11 +440,23 @@ impl Client {
     }
 
     /// Queues up to `count` more messages (stamped with their sequence numbers).
-    pub fn queue_messages(&mut self, template: &mut Template, count: u64, now: Instant) {
+    pub fn queue_messages(
+        &mut self,
+        template: &mut Template,
+        count: u64,
+        now: Instant,
+        codec: &mut Codec,
+    ) {
         let pipeline = self.send_times.len() as u64;
         for _ in 0..count {
             let seq = self.sent;
-            self.session.send(template.stamped(seq), &mut self.out);
+            self.session.send_compressed(
+                template.stamped(seq),
+                &mut self.out,
+                &mut codec.deflater,
+                None,
+                DEFLATE_THRESHOLD,
+            );
             self.send_times[(seq % pipeline) as usize] = now;
             self.sent += 1;
             self.quota -= 1;

@@ -18,7 +18,7 @@ use wsd::protocol::Message;
 
 use crate::api::{self, ApiConn, ApiError, ApiState};
 use crate::cli::{Mode, Options, Publish};
-use crate::client::{self, Check, Client, End, State, Template};
+use crate::client::{self, Check, Client, Codec, End, State, Template};
 use crate::payload::{Header, Payload};
 use crate::report::Stats;
 use crate::stall::{self, Pacer};
@@ -188,6 +188,8 @@ pub struct Worker {
     events: Events,
     clients: Vec<Client>,
     template: Template,
+    /// permessage-deflate (`--deflate`): one compressor and decompressor for the worker.
+    codec: Codec,
     pub stats: Stats,
     published: Published,
     /// Connects and handshakes in progress.
@@ -274,6 +276,7 @@ impl Worker {
             events: Events::with_capacity(EVENTS_CAPACITY),
             clients: Vec::with_capacity(count),
             template,
+            codec: Codec::default(),
             stats: Stats::default(),
             published: Published::default(),
             pending: 0,
@@ -597,7 +600,7 @@ impl Worker {
             // Not yet, or its echo is late: that echo's arrival sends the next one.
             return;
         }
-        c.queue_messages(&mut self.template, 1, now);
+        c.queue_messages(&mut self.template, 1, now, &mut self.codec);
         self.in_flight += 1;
         self.quota_left = self.quota_left.saturating_sub(1);
         let next = stall::next_due(due, now, interval);
@@ -621,7 +624,7 @@ impl Worker {
         }
         let n = (depth - c.in_flight()).min(c.quota);
         if n > 0 {
-            c.queue_messages(&mut self.template, n, now);
+            c.queue_messages(&mut self.template, n, now, &mut self.codec);
             self.in_flight += n;
             self.quota_left = self.quota_left.saturating_sub(n);
         }
@@ -1143,7 +1146,7 @@ impl Worker {
                     Some(_) => Cow::Owned(self.opts.channel_path(c.channel)),
                     None => Cow::Borrowed(self.opts.path.as_str()),
                 };
-                match c.on_connected(&self.opts.host, &path) {
+                match c.on_connected(&self.opts.host, &path, self.opts.deflate) {
                     Ok(true) => self.flush(i),
                     Ok(false) => {}
                     Err(end) => self.end(i, end),
@@ -1170,7 +1173,7 @@ impl Worker {
             },
             None => Check::Echo(&self.template),
         };
-        let r = c.read_ready(check, &mut self.stats.latency, to_eof);
+        let r = c.read_ready(check, &mut self.stats.latency, to_eof, &mut self.codec);
         let (started, quota) = (c.started, c.quota);
         let now = Instant::now();
         if r.opened {
@@ -1182,6 +1185,15 @@ impl Worker {
             let _ = self.stats.connect_latency.record(since.max(1));
             if self.sending && self.opts.mode == Mode::Echo {
                 self.top_up(i, now);
+            }
+            let first = self.opts.idle_messages;
+            if self.opts.mode == Mode::Idle && first > 0 {
+                // Traffic before idling (--messages-first); its echoes are verified as usual.
+                let c = &mut self.clients[i];
+                c.quota = first;
+                c.queue_messages(&mut self.template, first, now, &mut self.codec);
+                self.in_flight += first;
+                self.flush(i);
             }
         }
         if r.tally != Default::default() {
