@@ -1,0 +1,250 @@
+//! wss:// against the real binary: Python `websockets` over `ssl`, `openssl s_client`, a rustls
+//! client; what a server must survive (garbage, a stalled handshake); SIGHUP reloads; the drain.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use common::tls::{path, served, tls_args, Pki};
+use common::{Wsd, WAIT};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+/// `wsd` serving wss:// on its `listen` address with `issued`, plus `extra` arguments.
+fn start(issued: &common::tls::Issued, extra: &[&str]) -> Wsd {
+    let mut args = tls_args(issued);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Wsd::start(&args)
+}
+
+fn echoes(ws: &mut common::tls::TlsClient, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+    match ws.read().unwrap() {
+        Message::Text(t) => assert_eq!(t, text),
+        other => panic!("expected an echo, got {other:?}"),
+    }
+}
+
+#[test]
+fn python_websockets_echoes_over_tls_1_2_and_1_3() {
+    let pki = Pki::new("python");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(&issued, &[]);
+    assert!(wsd
+        .wait_for_log("listening on")
+        .unwrap()
+        .contains("(wss://"));
+    let python = common::test_python();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/tls_echo.py");
+    for version in ["1.2", "1.3"] {
+        let out = Command::new(&python)
+            .arg(script)
+            .arg(format!("wss://localhost:{}/", wsd.addr.port()))
+            .arg(pki.ca_file())
+            .arg(version)
+            .output()
+            .expect("python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), format!("ok TLSv{version} http/1.1"));
+    }
+    assert!(wsd.wait_for_log_count("closed (Clean)", 2));
+}
+
+#[test]
+fn openssl_s_client_negotiates_alpn_and_upgrades() {
+    let pki = Pki::new("s-client");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(&issued, &[]);
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &wsd.addr.to_string()])
+        .args(["-alpn", "http/1.1", "-CAfile", &path(&pki.ca_file())])
+        .args(["-verify_return_error", "-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&common::upgrade_request("/")).unwrap();
+    // A masked text frame, then a Close: the echo and the Close answer end the exchange.
+    stdin
+        .write_all(&common::frame(true, 1, b"via s_client"))
+        .unwrap();
+    stdin.write_all(&common::close_frame(1000, "")).unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    drop(stdin);
+    let _ = child.wait();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("HTTP/1.1 101 Switching Protocols"), "{out}");
+    assert!(out.contains("via s_client"), "{out}");
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_dropped_and_counted() {
+    let pki = Pki::new("garbage");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(&issued, &["--metrics-listen", "127.0.0.1:0"]);
+    // A plain ws:// upgrade request sent to the wss:// port.
+    let mut s = TcpStream::connect(wsd.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&common::upgrade_request("/")).unwrap();
+    assert!(common::sees_eof(&mut s), "the connection is closed");
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(metrics["wsd_tls_handshake_failures_total"], 1.0);
+    assert_eq!(metrics["wsd_connections_open"], 0.0);
+    // The server goes on serving.
+    let mut ws = pki.connect_wss(wsd.addr, "/");
+    echoes(&mut ws, "still here");
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(metrics["wsd_tls_handshakes_total"], 1.0);
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_at_handshake_timeout() {
+    let pki = Pki::new("stall");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(
+        &issued,
+        &[
+            "--handshake-timeout",
+            "300ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    // One says nothing; one stops inside its ClientHello (a record header announcing 512
+    // bytes); one completes TLS and never sends its upgrade request.
+    let mut silent = TcpStream::connect(wsd.addr).unwrap();
+    let mut partial = TcpStream::connect(wsd.addr).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let mut quiet = pki.connect_tls(wsd.addr);
+    for s in [&mut silent, &mut partial] {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(common::sees_eof(s));
+    }
+    let mut buf = [0u8; 64];
+    let end = quiet.read(&mut buf);
+    assert!(!matches!(end, Ok(n) if n > 0), "{end:?}");
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(metrics["wsd_handshake_timeouts_total"], 3.0);
+    assert_eq!(metrics["wsd_connections_open"], 0.0);
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_broken_file_keeps_it() {
+    let pki = Pki::new("reload");
+    let first = pki.issue("first", 2040);
+    let wsd = start(&first, &["--metrics-listen", "127.0.0.1:0"]);
+    let mut old = pki.connect_wss(wsd.addr, "/");
+    assert_eq!(served(&old), first.der);
+    let expiry = |wsd: &Wsd| {
+        common::scrape(wsd.metrics_addr())["wsd_tls_certificate_expiry_timestamp_seconds"]
+    };
+    assert_eq!(expiry(&wsd), 2_208_988_800.0); // 2040-01-01T00:00:00Z
+
+    // A new pair in the same files.
+    let second = pki.issue("second", 2041);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    wsd.signal(libc::SIGHUP);
+    assert!(wsd.wait_for_log("TLS: reloaded the certificate").is_some());
+    let mut new = pki.connect_wss(wsd.addr, "/");
+    assert_eq!(served(&new), second.der);
+    echoes(&mut old, "old connection untouched");
+    echoes(&mut new, "new connection");
+    assert_eq!(expiry(&wsd), 2_240_611_200.0); // 2041-01-01
+
+    // A broken certificate file: logged, and the second pair stays.
+    std::fs::write(&first.cert, "not a certificate\n").unwrap();
+    wsd.signal(libc::SIGHUP);
+    let line = wsd.wait_for_log("TLS: reload failed").unwrap();
+    assert!(line.contains(&path(&first.cert)), "{line}");
+    let mut third = pki.connect_wss(wsd.addr, "/");
+    assert_eq!(served(&third), second.der);
+    echoes(&mut third, "after a failed reload");
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(metrics["wsd_tls_reloads_total"], 1.0);
+    assert_eq!(metrics["wsd_tls_reload_failures_total"], 1.0);
+    assert_eq!(expiry(&wsd), 2_240_611_200.0);
+}
+
+#[test]
+fn the_drain_sends_close_1001_then_close_notify() {
+    let pki = Pki::new("drain");
+    let issued = pki.issue("server", 2040);
+    let mut wsd = start(&issued, &["--close-reason", "bye over tls"]);
+    let mut ws = pki.connect_wss(wsd.addr, "/");
+    echoes(&mut ws, "before the drain");
+    wsd.signal(libc::SIGTERM);
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason, "bye over tls");
+        }
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    // tungstenite answers the Close; then the stream must end with close_notify: rustls
+    // reports an end without one as an error (UnexpectedEof), not as a clean close.
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("the TLS stream did not end cleanly: {e}"),
+        }
+    }
+    // Our close_notify in turn lets wsd end the connection without waiting for a FIN.
+    let stream = ws.get_mut();
+    stream.conn.send_close_notify();
+    stream.flush().unwrap();
+    assert!(wsd.wait_exit().success());
+    let report = wsd.wait_for_log("drain finished").unwrap();
+    assert!(report.contains("1 closed cleanly"), "{report}");
+}
+
+#[test]
+fn check_config_names_the_bad_file() {
+    let pki = Pki::new("check");
+    let a = pki.issue("a", 2040);
+    let b = pki.issue("b", 2040);
+    let check = |cert: &std::path::Path, key: &std::path::Path| {
+        common::wsd_command(&["--check-config"])
+            .args(["--tls-cert", &path(cert), "--tls-key", &path(key)])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let ok = check(&a.cert, &a.key);
+    assert!(ok.status.success(), "{ok:?}");
+    // A key that is not the certificate's.
+    let out = check(&a.cert, &b.key);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&path(&b.key)), "{err}");
+    // Not PEM at all.
+    let junk = pki.dir.join("junk.pem");
+    std::fs::write(&junk, "hello\n").unwrap();
+    let out = check(&junk, &a.key);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&path(&junk)) && err.contains("no CERTIFICATE"),
+        "{err}"
+    );
+    // A missing file.
+    let out = check(&pki.dir.join("missing.pem"), &a.key);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.pem: tls_cert: cannot read"));
+}
