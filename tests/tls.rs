@@ -248,3 +248,135 @@ fn check_config_names_the_bad_file() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.pem: tls_cert: cannot read"));
 }
+
+/// `wsd --mode pubsub` with the publish API, plus `extra`; returns the API address.
+fn start_pubsub(issued: &common::tls::Issued, extra: &[&str]) -> (Wsd, std::net::SocketAddr) {
+    let mut args = vec!["--mode", "pubsub", "--api-listen", "127.0.0.1:0"];
+    args.extend_from_slice(&["--metrics-listen", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
+    let wsd = start(issued, &args);
+    let line = wsd.wait_for_log("publish API on http://").unwrap();
+    let api = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("API address");
+    (wsd, api)
+}
+
+/// POSTs `body` to channel `channel`; returns the status.
+fn publish(api: std::net::SocketAddr, channel: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let head = format!(
+        "POST /publish/{channel} HTTP/1.1\r\nHost: wsd\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pubsub_reaches_ws_and_wss_subscribers_of_one_server_in_order() {
+    let pki = Pki::new("pubsub");
+    let issued = pki.issue("server", 2040);
+    let (wsd, api) = start_pubsub(&issued, &["--tls-listen", "127.0.0.1:0"]);
+    assert!(wsd.wait_for_log("(ws://").is_some(), "listen stays ws://");
+    let tls_addr: std::net::SocketAddr = wsd
+        .wait_for_log("listening for wss:// on ")
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut secure = pki.connect_wss(tls_addr, "/news");
+    let stream = TcpStream::connect(wsd.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut plain, _) = tungstenite::client("ws://localhost/news", stream).unwrap();
+    assert!(wsd.wait_for_log_count(": open /news", 2));
+    // Small and large publications (a large one spans several TLS records).
+    let bodies: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| vec![i; if i % 5 == 0 { 100_000 } else { 10 + i as usize }])
+        .collect();
+    for body in &bodies {
+        assert_eq!(publish(api, "news", body), 200);
+    }
+    for body in &bodies {
+        assert_eq!(secure.read().unwrap(), Message::Binary(body.clone()));
+    }
+    for body in &bodies {
+        assert_eq!(plain.read().unwrap(), Message::Binary(body.clone()));
+    }
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(metrics["wsd_deliveries_total"], 40.0);
+}
+
+#[test]
+fn a_wss_subscriber_that_does_not_read_is_bounded_then_closed() {
+    let pki = Pki::new("backpressure");
+    let issued = pki.issue("server", 2040);
+    let (wsd, api) = start_pubsub(
+        &issued,
+        &[
+            "--max-output-buffer",
+            "256KiB",
+            "--slow-consumer-timeout",
+            "300ms",
+        ],
+    );
+    let _stalled = pki.connect_wss(wsd.addr, "/flood");
+    assert!(wsd.wait_for_log(": open /flood").is_some());
+    let body = vec![7u8; 64 * 1024];
+    // 16 MiB: more than the socket buffers of both ends and the bound together.
+    for _ in 0..256 {
+        assert_eq!(publish(api, "flood", &body), 200);
+    }
+    assert!(wsd.wait_for_log("slow consumer").is_some());
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert!(metrics["wsd_deliveries_dropped_total"] > 0.0, "{metrics:?}");
+    assert_eq!(metrics["wsd_slow_consumer_closes_total"], 1.0);
+}
+
+#[test]
+fn wsd_load_echoes_over_tls_with_a_ca_or_insecure() {
+    let pki = Pki::new("load");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(&issued, &[]);
+    let url = format!("wss://127.0.0.1:{}/", wsd.addr.port());
+    let ca = path(&pki.ca_file());
+    for trust in [vec!["--ca", ca.as_str()], vec!["--insecure"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsd-load"))
+            .args([
+                "echo", "--url", &url, "-c", "8", "-m", "400", "-s", "20KiB", "-q",
+            ])
+            .args(&trust)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("8 clean"), "{stdout}");
+    }
+    // Trusting another CA, the handshake fails, and says why.
+    let other = Pki::new("load-other");
+    let out = Command::new(env!("CARGO_BIN_EXE_wsd-load"))
+        .args(["echo", "--url", &url, "-c", "1", "-m", "1", "-q"])
+        .args(["--ca", &path(&other.ca_file())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wsd-load: TLS:"));
+}

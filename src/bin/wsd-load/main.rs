@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod report;
 mod sys;
+mod tls;
 mod worker;
 
 use std::io::{IsTerminal, Write};
