@@ -31,6 +31,9 @@
 #   AUTOBAHN_EXPECTED minimum number of cases the report must hold
 #                     (default 301 with the default cases, else 1)
 #   AUTOBAHN_TIMEOUT  seconds the whole fuzzing run may take (default 600)
+#   AUTOBAHN_TLS      1: run the cases over wss:// (wsd serves a throwaway self-signed certificate
+#                     made here with openssl; wstest does not verify it). Reports then go to
+#                     <repo>/autobahn-reports-tls/. wstest only: kosoku has no wss://.
 #
 # Output: <repo>/autobahn-reports/ (fuzzingclient.json spec, wstest.log, wsd.log,
 # servers/index.json, servers/index.html, one JSON/HTML file per case).
@@ -41,7 +44,8 @@ SCRIPTS="$REPO/scripts"
 VENV="$REPO/.venv-autobahn"
 BOOT="$REPO/.venv-autobahn-bootstrap"
 KOSOKU_VENV="$REPO/.venv-autobahn-kosoku"
-REPORTS="$REPO/autobahn-reports"
+TLS="${AUTOBAHN_TLS:-}"
+REPORTS="$REPO/autobahn-reports${TLS:+-tls}"
 OUTDIR="$REPORTS/servers"
 REQS="$SCRIPTS/autobahn-requirements.txt"
 
@@ -140,6 +144,7 @@ case "$RUNNER" in
   *) die "AUTOBAHN_RUNNER must be auto, wstest or kosoku (got '$RUNNER')" ;;
 esac
 if [[ "$RUNNER" == wstest ]]; then install_wstest "$PY27"; else install_kosoku; fi
+[[ -z "$TLS" || "$RUNNER" == wstest ]] || die "AUTOBAHN_TLS needs wstest (CPython 2.7)"
 
 # ---------------------------------------------------------------- 2. server
 if [[ -n "${WSD_CMD:-}" ]]; then
@@ -161,6 +166,15 @@ fi
 PORT="$("$PYTHON3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 mkdir -p "$REPORTS"
 rm -rf "$OUTDIR"   # a stale index.json must never pass for this run
+SCHEME=ws
+TLS_ARGS=()
+if [[ -n "$TLS" ]]; then
+  # Made per run, never committed; removed with the reports' other scratch on the next run.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$REPORTS/key.pem" -out "$REPORTS/cert.pem" 2>/dev/null
+  SCHEME=wss
+  TLS_ARGS=(--tls-cert "$REPORTS/cert.pem" --tls-key "$REPORTS/key.pem")
+fi
 
 SERVER_PID=""
 stop_server() {
@@ -182,7 +196,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "starting server on 127.0.0.1:$PORT (log: $REPORTS/wsd.log)"
-"${SERVER[@]}" --listen "127.0.0.1:$PORT" \
+"${SERVER[@]}" --listen "127.0.0.1:$PORT" "${TLS_ARGS[@]}" \
   --max-message-size "$MAX_SIZE" --max-frame-size "$MAX_SIZE" >"$REPORTS/wsd.log" 2>&1 &
 SERVER_PID=$!
 
@@ -200,13 +214,13 @@ echo "server is accepting (pid $SERVER_PID)"
 
 # ---------------------------------------------------------------- 3. fuzzing run
 SPEC="$REPORTS/fuzzingclient.json"
-"$PYTHON3" - "$SPEC" "$PORT" "$OUTDIR" "${CASES[@]}" <<'EOF'
+"$PYTHON3" - "$SPEC" "$PORT" "$OUTDIR" "$SCHEME" "${CASES[@]}" <<'EOF'
 import json, sys
-spec_path, port, outdir, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+spec_path, port, outdir, scheme, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 spec = {
     "options": {"failByDrop": True},
     "outdir": outdir,
-    "servers": [{"agent": "wsd", "url": "ws://127.0.0.1:%s" % port}],
+    "servers": [{"agent": "wsd", "url": "%s://127.0.0.1:%s" % (scheme, port)}],
     "cases": cases,
     "exclude-cases": [],
     "exclude-agent-cases": {},

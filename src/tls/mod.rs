@@ -17,6 +17,8 @@ use rustls::ServerConfig;
 
 pub use conn::{Decrypted, Tls};
 pub use der::not_after;
+/// The rustls wsd is built with (for embedders and the fuzz targets that build configurations).
+pub use rustls;
 
 /// The ALPN protocol wsd speaks inside TLS: the WebSocket handshake is HTTP/1.1 (RFC 6455 §4.1;
 /// RFC 8441's HTTP/2 bootstrap is not supported).
@@ -80,17 +82,23 @@ pub fn load(cert: &Path, key: &Path) -> Result<Certified, LoadError> {
         not_after(leaf).ok_or_else(|| bad_cert("the first certificate is not X.509 DER".into()))?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| bad_key(format!("no usable PEM private key: {e}")))?;
+    let config = server_config(chain, key_der)
+        .map_err(|e| bad_key(format!("does not fit {}: {e}", cert.display())))?;
+    Ok(Certified { config, not_after })
+}
+
+/// wsd's TLS server configuration for a chain (leaf first) and its key: the ring provider,
+/// TLS 1.3 and 1.2, ALPN `http/1.1`. Fails when the key does not match the leaf.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| bad_cert(format!("TLS setup: {e}")))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         // Checks that the key matches the leaf certificate's public key.
-        .with_single_cert(chain, key_der)
-        .map_err(|e| bad_key(format!("does not fit {}: {e}", cert.display())))?;
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    Ok(Certified {
-        config: Arc::new(config),
-        not_after,
-    })
+    Ok(Arc::new(config))
 }
