@@ -380,3 +380,108 @@ fn wsd_load_echoes_over_tls_with_a_ca_or_insecure() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wsd-load: TLS:"));
 }
+
+/// Headless Chromium, trusting the test CA (by its public key: Chromium's
+/// `--ignore-certificate-errors-spki-list`, no system store touched): a page echoes over wss://,
+/// then sees the drain's Close 1001, its reason and `wasClean`. Skipped (with a note) when
+/// `chromium` is not installed.
+#[test]
+fn headless_chromium_echoes_and_sees_the_drain() {
+    let Ok(chromium) = which("chromium") else {
+        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let pki = Pki::new("chromium");
+    let issued = pki.issue("server", 2040);
+    let mut wsd = start(&issued, &["--close-reason", "bye, browser"]);
+    // The page reports to this listener with fetch() (an opaque no-cors request is enough).
+    let reports = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let page = pki.dir.join("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><script>
+const report = (what) => fetch("http://127.0.0.1:{report}/" + what, {{mode: "no-cors"}});
+const ws = new WebSocket("wss://localhost:{port}/");
+ws.onopen = () => ws.send("from chromium");
+ws.onmessage = (e) => report("echo?" + encodeURIComponent(e.data));
+ws.onerror = () => report("error");
+ws.onclose = (e) => report("close?code=" + e.code + "&reason=" + encodeURIComponent(e.reason)
+  + "&clean=" + e.wasClean);
+</script>"#,
+            report = reports.local_addr().unwrap().port(),
+            port = wsd.addr.port(),
+        ),
+    )
+    .unwrap();
+    let spki = spki_sha256_base64(&pki.ca_file());
+    let profile = pki.dir.join("profile");
+    let mut browser = Command::new(chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", path(&profile)))
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg(format!("file://{}", path(&page)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reports arrive on a thread, so that a page that never reports fails the test in WAIT.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in reports.incoming() {
+            let Ok(mut s) = s else { break };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            let line = String::from_utf8_lossy(&head).into_owned();
+            let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            if tx.send(target).is_err() {
+                break;
+            }
+        }
+    });
+    let next_report = || rx.recv_timeout(WAIT).expect("a report from the page");
+    let echoed = next_report();
+    wsd.signal(libc::SIGTERM);
+    let closed = next_report();
+    let _ = browser.kill();
+    let _ = browser.wait();
+    assert_eq!(echoed, "/echo?from%20chromium");
+    assert_eq!(
+        closed,
+        "/close?code=1001&reason=bye%2C%20browser&clean=true"
+    );
+    assert!(wsd.wait_exit().success());
+}
+
+/// `program`'s path on PATH.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+/// base64(SHA-256(SubjectPublicKeyInfo)) of a PEM certificate, with the openssl CLI.
+fn spki_sha256_base64(cert: &std::path::Path) -> String {
+    let script = format!(
+        "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        path(cert)
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
