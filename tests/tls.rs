@@ -485,3 +485,32 @@ fn spki_sha256_base64(cert: &std::path::Path) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+#[test]
+fn a_python_websockets_subscriber_gets_publications_over_tls() {
+    let pki = Pki::new("python-pubsub");
+    let issued = pki.issue("server", 2040);
+    let (wsd, api) = start_pubsub(&issued, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/subscribe.py");
+    // Python's default context trusts the CA named by SSL_CERT_FILE (OpenSSL's default paths).
+    let mut child = Command::new(common::test_python())
+        .arg(script)
+        .arg(format!("wss://localhost:{}/py", wsd.addr.port()))
+        .arg("2")
+        .env("SSL_CERT_FILE", pki.ca_file())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "subscribed");
+    assert_eq!(publish(api, "py", b"\x00over tls"), 200);
+    assert_eq!(publish(api, "py", &[b'x'; 40_000]), 200);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut lines = rest.lines();
+    assert_eq!(lines.next(), Some("binary b'\\x00over tls'"));
+    assert!(lines.next().unwrap().starts_with("binary b'xxxx"));
+}
