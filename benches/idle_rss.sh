@@ -2,16 +2,36 @@
 # Resident memory per idle connection: (RSS with N idle connections - RSS with none) / N, for
 # each N given (default 10000 19000). A fresh server per N; the clients are wsd-load idle,
 # spread over source addresses 127.0.0.2-127.0.0.101 so ports never run out.
-# With TLS=1 the connections are wss:// (a throwaway self-signed ECDSA P-256 certificate, made
-# here), counted once their TLS and WebSocket handshakes completed. PROFILE=debug measures the
-# debug build (allocation sizes are the same; the release build takes minutes).
-# RATE=R opens R connections per second (default 20000; TLS handshakes need fewer on a busy
-# machine, every handshake must finish within handshake_timeout).
-# Usage: [TLS=1] [PROFILE=debug] [RATE=R] bash benches/idle_rss.sh [N...]
+# Usage: bash benches/idle_rss.sh [--pubsub] [--server wsd|broadcast] [N...]
+#   --pubsub            every connection is a subscriber: wsd runs --mode pubsub
+#                       (--client-publish true) and the clients connect to /ch0 (CHANNELS=C
+#                       spreads them over /ch0 … /ch{C-1})
+#   --server broadcast  measure benches/peers' peer-broadcast instead of wsd (implies --pubsub)
+# Environment:
+#   TLS=1          wss:// (a throwaway self-signed ECDSA P-256 certificate made here); the
+#                  connections count once their TLS and WebSocket handshakes completed
+#   RATE=R         new connections per second (default 20000; every TLS handshake must finish
+#                  within handshake_timeout, so a busy machine needs fewer)
+#   PROFILE=debug  measure the debug build (same allocation sizes; the release build is slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-counts=("$@")
+pubsub=
+server=wsd
+counts=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --pubsub) pubsub=1 ;;
+    --server) server=${2:?--server needs wsd or broadcast}; shift ;;
+    *) counts+=("$1") ;;
+  esac
+  shift
+done
 [ ${#counts[@]} -gt 0 ] || counts=(10000 19000)
+case $server in
+  wsd) ;;
+  broadcast) pubsub=1 ;;
+  *) echo "unknown server $server (wsd or broadcast)" >&2; exit 2 ;;
+esac
 
 profile=${PROFILE:-release}
 if [ "$profile" = release ]; then
@@ -31,6 +51,9 @@ if [ -n "${TLS:-}" ]; then
   server_tls=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
   load_tls=(--insecure)
 fi
+if [ "$server" = broadcast ]; then
+  (cd benches/peers && cargo build --release --quiet --bin peer-broadcast)
+fi
 port=$((20000 + RANDOM % 20000))
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -47,22 +70,49 @@ wait_for_port() {
   return 1
 }
 
+start_server() {
+  local n=$1
+  case $server in
+    wsd)
+      local mode=()
+      [ -n "$pubsub" ] && mode=(--mode pubsub --client-publish true)
+      "$bin/wsd" --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
+        "${mode[@]}" "${server_tls[@]}" 2>/tmp/wsd-idle-rss.log &
+      ;;
+    broadcast)
+      benches/peers/target/release/peer-broadcast --listen "127.0.0.1:$port" \
+        2>/tmp/wsd-idle-rss.log &
+      ;;
+  esac
+}
+
+# Warm the paths a connection takes (handshake, a message each way, close) before the
+# baseline; in pub/sub a client's message comes back to it as a publication.
+warm_up() {
+  if [ -n "$pubsub" ]; then
+    "$bin/wsd-load" pubsub --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c 10 -m 100 -q
+  else
+    "$bin/wsd-load" echo --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c 10 -m 100 -q
+  fi
+}
+
+channels=()
+[ -n "$pubsub" ] && channels=(--channels "${CHANNELS:-1}")
+
 printf '| idle connections | RSS with none | RSS with N | bytes per connection |\n'
 printf '|---:|---:|---:|---:|\n'
 for n in "${counts[@]}"; do
   port=$((port + 1))
-  "$bin/wsd" --listen "127.0.0.1:$port" --max-connections $((n + 100)) "${server_tls[@]}" \
-    2>/tmp/wsd-idle-rss.log &
-  server=$!
-  pids+=("$server")
+  start_server "$n"
+  server_pid=$!
+  pids+=("$server_pid")
   wait_for_port "$port"
-  # Warm the paths a connection takes (handshake, echo, close) before the baseline.
-  "$bin/wsd-load" echo --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c 10 -m 100 -q \
-    >/dev/null 2>&1
-  base=$(rss_kib "$server")
+  warm_up >/dev/null 2>&1
+  base=$(rss_kib "$server_pid")
   log=$(mktemp)
   "$bin/wsd-load" idle --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c "$n" \
-    --src 127.0.0.2-127.0.0.101 --rate "${RATE:-20000}" --hold 300s 2>"$log" >/dev/null &
+    "${channels[@]}" --src 127.0.0.2-127.0.0.101 --rate "${RATE:-20000}" --hold 300s \
+    2>"$log" >/dev/null &
   loader=$!
   pids+=("$loader")
   for _ in $(seq 1 1200); do
@@ -71,10 +121,10 @@ for n in "${counts[@]}"; do
     sleep 0.1
   done
   grep -q "^established $n" "$log" || { echo "only: $(tail -c 300 "$log")" >&2; exit 1; }
-  with=$(rss_kib "$server")
+  with=$(rss_kib "$server_pid")
   per=$(( (with - base) * 1024 / n ))
   printf '| %d | %d KiB | %d KiB | %d B |\n' "$n" "$base" "$with" "$per"
-  kill "$loader" "$server" 2>/dev/null || true
-  wait "$loader" "$server" 2>/dev/null || true
+  kill "$loader" "$server_pid" 2>/dev/null || true
+  wait "$loader" "$server_pid" 2>/dev/null || true
   rm -f "$log"
 done

@@ -1,4 +1,4 @@
-//! wsd-load against the real wsd binary: echo, idle and drain runs, their exit codes and JSON.
+//! wsd-load against the real wsd binary: echo, idle, drain and pubsub runs, exit codes and JSON.
 
 mod common;
 
@@ -206,4 +206,141 @@ fn drain_counts_close_codes_and_silent_clients() {
         json_number(&json, "first_close_to_last_end_ms") >= 250.0,
         "{json}"
     );
+}
+
+/// `wsd --mode pubsub --client-publish true` with the publish API on a free port.
+fn pubsub_wsd(args: &[&str]) -> (Wsd, String) {
+    let mut all = vec![
+        "--mode",
+        "pubsub",
+        "--client-publish",
+        "true",
+        "--api-listen",
+        "127.0.0.1:0",
+    ];
+    all.extend_from_slice(args);
+    let wsd = Wsd::start(&all);
+    let line = wsd
+        .wait_for_log("publish API on http://")
+        .expect("API log line");
+    let api = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("API address");
+    let api = format!("http://{api}");
+    (wsd, api)
+}
+
+#[test]
+fn pubsub_runs_check_every_delivery_over_websocket_and_the_api() {
+    let (wsd, api) = pubsub_wsd(&["--api-token", "t0k"]);
+    let url = wsd.url();
+    let pid = wsd.pid().to_string();
+    // 40 subscribers over 4 channels, 2 WebSocket publishers per channel (subscribed too):
+    // 100 publications per channel, each delivered to 10 + 2 connections.
+    let common = [
+        "--url",
+        url.as_str(),
+        "-c",
+        "40",
+        "--channels",
+        "4",
+        "--json",
+        "-q",
+    ];
+    let mut args = vec![
+        "pubsub",
+        "--publishers",
+        "2",
+        "-m",
+        "400",
+        "--server-pid",
+        &pid,
+    ];
+    args.extend_from_slice(&common);
+    let out = run(&args);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert!(json.contains("\"ok\":true"), "{json}");
+    assert_eq!(json_number(&json, "publications"), 400.0);
+    assert_eq!(json_number(&json, "deliveries"), 4800.0);
+    assert_eq!(json_number(&json, "lost_deliveries"), 0.0);
+    assert!(json_number(&json, "server_cpu_us_per_delivery") >= 0.0);
+
+    // Through the API, 2 keep-alive connections, binary, at a fixed rate: 50 publications
+    // per channel to 10 subscribers each, every answer counting those 10.
+    let mut args = vec![
+        "pubsub",
+        "--publish-api",
+        &api,
+        "--api-token",
+        "t0k",
+        "--publishers",
+        "2",
+        "-m",
+        "200",
+        "--pub-rate",
+        "2000",
+        "--binary",
+    ];
+    args.extend_from_slice(&common);
+    let out = run(&args);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json_number(&json, "deliveries"), 2000.0);
+    assert_eq!(json_number(&json, "acks"), 200.0);
+    assert_eq!(json_number(&json, "subscriber_mismatches"), 0.0);
+
+    // A refused publication is a failure, and so are the deliveries it never made.
+    let mut args = vec![
+        "pubsub",
+        "--publish-api",
+        &api,
+        "--api-token",
+        "wrong",
+        "-m",
+        "4",
+        "--timeout",
+        "1s",
+    ];
+    args.extend_from_slice(&common);
+    let out = run(&args);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert!(json.contains("\"api_status\":{\"401\":1}"), "{json}");
+}
+
+#[test]
+fn pubsub_against_an_echo_server_reports_lost_deliveries() {
+    // Plain echo: each publisher gets its own messages back, the subscribers get nothing.
+    let wsd = Wsd::start(&[]);
+    let url = wsd.url();
+    let args = [
+        "pubsub",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "-m",
+        "20",
+        "--timeout",
+        "1s",
+        "--json",
+        "-q",
+    ];
+    let mut wide = args.to_vec();
+    wide.extend_from_slice(&["--window", "100"]);
+    let out = run(&wide);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json_number(&json, "deliveries"), 20.0);
+    assert_eq!(json_number(&json, "lost_deliveries"), 100.0);
+    // With the default window the lost deliveries fill it: publishing stops after --timeout.
+    let out = run(&args);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert!(json_number(&json, "publications") < 20.0, "{json}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("with the window full"), "{stderr}");
 }

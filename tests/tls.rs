@@ -514,3 +514,72 @@ fn a_python_websockets_subscriber_gets_publications_over_tls() {
     assert_eq!(lines.next(), Some("binary b'\\x00over tls'"));
     assert!(lines.next().unwrap().starts_with("binary b'xxxx"));
 }
+
+/// The pid of the process serving `metrics` (from `wsd_build_info`).
+fn serving_pid(metrics: std::net::SocketAddr) -> i32 {
+    let m = common::scrape(metrics);
+    let key = m
+        .keys()
+        .find(|k| k.starts_with("wsd_build_info"))
+        .expect("wsd_build_info")
+        .clone();
+    key.split("pid=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a pid label")
+}
+
+#[test]
+fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
+    let pki = Pki::new("upgrade");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(
+        &issued,
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let tls_addr: std::net::SocketAddr = wsd
+        .wait_for_log("listening for wss:// on ")
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut secure = pki.connect_wss(tls_addr, "/");
+    echoes(&mut secure, "before the upgrade");
+    let stream = TcpStream::connect(wsd.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut plain, _) = tungstenite::client("ws://localhost/", stream).unwrap();
+    let old = serving_pid(wsd.metrics_addr());
+    // SAFETY: kill(2) with a pid read from the server itself.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGUSR2) }, 0);
+    // The TLS state cannot move: Close 1012, then close_notify.
+    match secure.read().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1012);
+            assert_eq!(frame.reason, "service restart");
+        }
+        other => panic!("expected Close 1012, got {other:?}"),
+    }
+    loop {
+        match secure.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("the TLS stream did not end cleanly: {e}"),
+        }
+    }
+    assert!(wsd.wait_for_log("live upgrade: resumed").is_some());
+    assert_ne!(serving_pid(wsd.metrics_addr()), old, "a new process serves");
+    // The ws:// connection moved; both listeners moved, and wss:// serves the same certificate.
+    plain.send(Message::text("after the upgrade")).unwrap();
+    assert_eq!(plain.read().unwrap(), Message::text("after the upgrade"));
+    let mut again = pki.connect_wss(tls_addr, "/");
+    assert_eq!(served(&again), issued.der);
+    echoes(&mut again, "a new wss:// connection");
+}

@@ -136,6 +136,21 @@ impl Assembler {
     pub fn has_buffer(&self) -> bool {
         self.buf.capacity() != 0
     }
+
+    /// The message in progress as plain data: its kind, its bytes so far, and the UTF-8 bytes
+    /// carried to the next fragment.
+    pub fn parts(&self) -> (Option<DataKind>, &[u8], &[u8]) {
+        (self.open, &self.buf, self.utf8.carried())
+    }
+
+    /// An assembler in the state [`Assembler::parts`] described.
+    pub fn from_parts(open: Option<DataKind>, buf: Vec<u8>, carried: &[u8]) -> Option<Assembler> {
+        Some(Assembler {
+            open,
+            buf,
+            utf8: Utf8Validator::resume(carried)?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,61 @@ pub struct Session {
     mask_state: u64,
 }
 
+/// A server session's state as plain data, so that a live connection can be handed to another
+/// process and resume exactly where it stood (a partial frame's unmask progress, a fragmented
+/// message and its UTF-8 state, the close handshake).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    pub close: CloseState,
+    /// The fragmented message in progress.
+    pub open: Option<DataKind>,
+    pub fragments: Vec<u8>,
+    /// UTF-8 bytes of a character split between fragments (0–3).
+    pub utf8_carry: Vec<u8>,
+    /// Payload bytes of the partial frame at the front of the input already unmasked.
+    pub unmasked: usize,
+    /// Bytes of an ignored frame still to skip.
+    pub skip: u64,
+}
+
 impl Session {
+    /// The state of a server session (see [`SessionState`]).
+    pub fn export(&self) -> SessionState {
+        let (open, fragments, carry) = if self.delivered {
+            // The last message was handed over already; the next step would clear it.
+            (None, &[][..], &[][..])
+        } else {
+            self.assembler.parts()
+        };
+        SessionState {
+            close: self.close,
+            open,
+            fragments: fragments.to_vec(),
+            utf8_carry: carry.to_vec(),
+            unmasked: self.unmasked,
+            skip: self.skip,
+        }
+    }
+
+    /// A server session resuming from `state`; `None` when the state is not one a session can
+    /// be in.
+    pub fn import(limits: Limits, state: SessionState) -> Option<Session> {
+        if state.open.is_none() && !state.fragments.is_empty() {
+            return None;
+        }
+        let assembler = Assembler::from_parts(state.open, state.fragments, &state.utf8_carry)?;
+        Some(Session {
+            role: Role::Server,
+            limits,
+            close: state.close,
+            assembler,
+            unmasked: state.unmasked,
+            skip: state.skip,
+            delivered: false,
+            mask_state: 1,
+        })
+    }
+
     /// A session for `role`; `seed` feeds the client's masking keys (unused by a server).
     pub fn new(role: Role, limits: Limits, seed: u64) -> Session {
         Session {

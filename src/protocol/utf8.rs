@@ -17,6 +17,25 @@ pub struct Utf8Validator {
 pub struct InvalidUtf8;
 
 impl Utf8Validator {
+    /// The bytes of a character split across pieces, carried to the next piece (0–3 bytes).
+    pub fn carried(&self) -> &[u8] {
+        self.carry
+            .get(..usize::from(self.carry_len))
+            .unwrap_or_default()
+    }
+
+    /// A validator that resumes after `carried` (from [`Utf8Validator::carried`]); `None` when
+    /// those bytes cannot be the start of a character.
+    pub fn resume(carried: &[u8]) -> Option<Utf8Validator> {
+        let mut v = Utf8Validator::default();
+        if carried.len() > 3 {
+            return None;
+        }
+        // Feeding the carried bytes again rebuilds exactly the same state.
+        v.feed(carried).ok()?;
+        (v.carried() == carried).then_some(v)
+    }
+
     /// Checks the next piece of the stream.
     pub fn feed(&mut self, mut input: &[u8]) -> Result<(), InvalidUtf8> {
         if self.carry_len > 0 {

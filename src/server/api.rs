@@ -23,6 +23,7 @@ use crate::pubsub::{Hub, Ticket};
 
 use super::broker::Broker;
 use super::metrics::snapshot;
+use super::upgrade::ApiConnState;
 use super::EventLoop;
 
 /// The API listener's token.
@@ -91,6 +92,62 @@ impl Api {
             api.listener = Some(l);
         }
         Ok(api)
+    }
+
+    /// The listener's descriptor (for a live upgrade).
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Whether answers wait for the fan-out or the broker.
+    pub fn has_waiting_answers(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// The connections that can move in a live upgrade (those between requests) and their
+    /// descriptors; the others (closing) are left to end with this process.
+    pub fn export(&self) -> Vec<(std::os::fd::RawFd, ApiConnState)> {
+        use std::os::fd::AsRawFd;
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.answers.is_empty() && !c.lingering)
+            .map(|(_, c)| {
+                let state = ApiConnState {
+                    input: c.input.clone(),
+                    output: c.out[c.out_pos..].to_vec(),
+                    last: c.last,
+                };
+                (c.sock.as_raw_fd(), state)
+            })
+            .collect()
+    }
+
+    /// Resumes a connection handed over by a live upgrade.
+    pub fn import(
+        &mut self,
+        mut sock: TcpStream,
+        state: ApiConnState,
+        now: Instant,
+        registry: &Registry,
+    ) -> io::Result<()> {
+        if self.conns.len() >= MAX_API_CONNECTIONS {
+            return Ok(());
+        }
+        let entry = self.conns.vacant_entry();
+        let token = Token(API_START + entry.key());
+        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(ApiConn {
+            sock,
+            input: state.input,
+            out: state.output,
+            out_pos: 0,
+            answers: VecDeque::new(),
+            last: state.last,
+            lingering: false,
+            deadline: now + API_IDLE_TIMEOUT,
+        });
+        Ok(())
     }
 
     /// The drain began: no new API connections (open ones get 503 for publishes).

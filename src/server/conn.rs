@@ -16,6 +16,7 @@ use crate::pubsub::{Delivered, Hub};
 use crate::tls::Tls;
 
 use super::metrics::{Side, Stats};
+use super::upgrade::ConnState;
 use crate::conn_id::ConnId;
 
 /// Where a connection is in its life; the WebSocket close states live in its [`Session`].
@@ -44,6 +45,32 @@ pub enum Timer {
     SlowConsumer,
     /// Our Close, or our last bytes, must be answered (`close_timeout`).
     Close,
+}
+
+impl Timer {
+    /// The timer's number in a live upgrade's state.
+    pub fn code(self) -> u8 {
+        match self {
+            Timer::None => 0,
+            Timer::Handshake => 1,
+            Timer::Ping => 2,
+            Timer::Pong => 3,
+            Timer::SlowConsumer => 4,
+            Timer::Close => 5,
+        }
+    }
+
+    pub fn of_code(code: u8) -> Option<Timer> {
+        Some(match code {
+            0 => Timer::None,
+            1 => Timer::Handshake,
+            2 => Timer::Ping,
+            3 => Timer::Pong,
+            4 => Timer::SlowConsumer,
+            5 => Timer::Close,
+            _ => return None,
+        })
+    }
 }
 
 /// How a connection ended, for the logs and the drain report.
@@ -690,6 +717,98 @@ impl Conn {
         }
         stats.messages_sent += d.queued as u64;
         d
+    }
+
+    /// Readies a wss:// connection for a live upgrade, which cannot carry its TLS state (rustls
+    /// does not give its keys back): Close 1012 (Service Restart) and close_notify are queued
+    /// as ciphertext, and the connection moves as a plain one that is closing, with those bytes
+    /// as its output. Returns whether this started a closing handshake.
+    pub fn leave_tls_for_upgrade(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.tls.is_none() {
+            return false;
+        }
+        let mut started = false;
+        if self.phase == Phase::Open && !self.gone {
+            self.emit(cx, |session, out| {
+                started = session.close(CloseCode::SERVICE_RESTART, "service restart", out);
+            });
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut cx.scratch.seal);
+        }
+        cx.stats.sent_bytes += self.send_seal(cx.scratch) as u64;
+        if let Some(mut tls) = self.tls.take() {
+            cx.scratch.pool.give(tls.release());
+        }
+        self.phase = Phase::Closing { shut_down: false };
+        started
+    }
+
+    /// The connection as plain data for a live upgrade. `remaining`: time left on its timer;
+    /// `channels`: its subscriptions in the order it joined them.
+    pub fn export(
+        &self,
+        now_ms: u32,
+        remaining: Option<std::time::Duration>,
+        channels: Vec<String>,
+    ) -> ConnState {
+        let flags = u8::from(self.gone)
+            | u8::from(self.failed) << 1
+            | u8::from(self.paused) << 2
+            | u8::from(self.eof_signalled) << 3
+            | u8::from(self.counted) << 4;
+        ConnState {
+            phase: match self.phase {
+                Phase::Handshake => 0,
+                Phase::Open => 1,
+                Phase::Closing { shut_down: false } => 2,
+                Phase::Closing { shut_down: true } => 3,
+            },
+            timer: self.timer.code(),
+            remaining_ms: remaining.map(|d| d.as_millis() as u64),
+            flags,
+            peer_code: self.peer_code.map(|c| c.0),
+            idle_ms: now_ms.wrapping_sub(self.last_read_ms),
+            armed_ago_ms: now_ms.wrapping_sub(self.armed_ms),
+            ip: self.ip,
+            session: self.session.export(),
+            input: self.inbuf.clone(),
+            output: self.out[self.out_pos..].to_vec(),
+            channels,
+        }
+    }
+
+    /// A connection resuming from `state` on `sock` (`None` when the state is not one a
+    /// connection can be in).
+    pub fn import(sock: TcpStream, config: &Config, state: ConnState, now_ms: u32) -> Option<Conn> {
+        let phase = match state.phase {
+            0 => Phase::Handshake,
+            1 => Phase::Open,
+            2 => Phase::Closing { shut_down: false },
+            3 => Phase::Closing { shut_down: true },
+            _ => return None,
+        };
+        let flag = |bit: u8| state.flags & (1 << bit) != 0;
+        Some(Conn {
+            sock,
+            phase,
+            timer: Timer::of_code(state.timer)?,
+            gone: flag(0),
+            failed: flag(1),
+            paused: flag(2),
+            read_queued: false,
+            eof_signalled: flag(3),
+            counted: flag(4),
+            peer_code: state.peer_code.map(CloseCode),
+            last_read_ms: now_ms.wrapping_sub(state.idle_ms),
+            armed_ms: now_ms.wrapping_sub(state.armed_ago_ms),
+            ip: state.ip,
+            session: Session::import(config.limits(), state.session)?,
+            tls: None,
+            inbuf: state.input,
+            out: state.output,
+            out_pos: 0,
+        })
     }
 
     /// Shuts down our sending side once all output is out (Closing phase), after a TLS

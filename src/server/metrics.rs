@@ -241,6 +241,19 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for (name, kind, help, value) in single.into_iter().chain(pubsub) {
         metric(name, kind, help, &[(String::new(), value)]);
     }
+    metric(
+        "wsd_build_info",
+        "gauge",
+        "The running binary's version and process id (a live upgrade changes the pid).",
+        &[(
+            format!(
+                "{{version=\"{}\",pid=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+            1,
+        )],
+    );
     if let Some(requests) = ps.api_requests {
         let requests: Vec<_> = requests
             .iter()
@@ -386,6 +399,12 @@ impl Metrics {
             metrics.listener = Some(l);
         }
         Ok(metrics)
+    }
+
+    /// The listener's descriptor (for a live upgrade).
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
     }
 
     /// The earliest scrape deadline.

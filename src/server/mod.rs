@@ -12,7 +12,9 @@ mod conn;
 mod drain;
 mod metrics;
 mod notify;
+mod reload;
 mod timers;
+mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -46,7 +48,9 @@ use conn::{BufPool, Conn, Context, Ending, Phase, ReadStop, Scratch, Timer};
 use drain::Pacer;
 use metrics::{Metrics, Side, Stats};
 use notify::Notifier;
+use reload::{Origin, Reload, RELOAD};
 use timers::Wheel;
+use upgrade::Handover;
 
 /// The [`Context`] a connection is served with. A macro rather than a method because it borrows
 /// fields of the loop beside `self.conns`, where the connection itself is borrowed from.
@@ -159,9 +163,11 @@ pub struct Server {
     tls_listener: Option<TcpListener>,
     /// The certificate pair, when TLS is on.
     certified: Option<Certified>,
+    /// Connections handed over by the process this one replaces (a live upgrade).
+    handover: Option<Handover>,
 }
 
-/// Listeners systemd passed in besides the WebSocket one.
+/// Listeners systemd (or the process this one replaces) passed in besides the WebSocket one.
 #[derive(Default)]
 struct Sides {
     metrics: Option<TcpListener>,
@@ -184,7 +190,15 @@ impl Server {
 
     /// Serves the listening sockets systemd passed in (socket activation), binding the
     /// addresses of `config` for those it did not pass.
+    ///
+    /// Started by a live upgrade (`WSD_UPGRADE_FD`), it takes the listening sockets and every
+    /// connection from the process it replaces instead.
     pub fn start(config: Config) -> io::Result<Server> {
+        if let Some(handover) = upgrade::take_over().map_err(|e| {
+            io::Error::other(format!("live upgrade: {e}; the old process keeps serving"))
+        })? {
+            return Server::from_handover(config, handover);
+        }
         let inherited = activation::take()?;
         let sides = Sides {
             metrics: inherited.metrics.map(nonblocking).transpose()?,
@@ -196,6 +210,41 @@ impl Server {
             None => bind(config.listen, config.listen_backlog, config.reuse_port)?,
         };
         Server::new(config, listener, sides)
+    }
+
+    /// Serves what the replaced process handed over: its listeners and connections.
+    fn from_handover(config: Config, mut handover: Handover) -> io::Result<Server> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let mut fds = std::mem::take(&mut handover.fds).into_iter();
+        let mut next_listener = || -> io::Result<TcpListener> {
+            let fd = fds
+                .next()
+                .ok_or_else(|| io::Error::other("missing listener"))?;
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            nonblocking(l)
+        };
+        let listener = next_listener()?;
+        let metrics = handover
+            .state
+            .has_metrics
+            .then(&mut next_listener)
+            .transpose()?;
+        let api = handover
+            .state
+            .has_api
+            .then(&mut next_listener)
+            .transpose()?;
+        let tls = handover
+            .state
+            .has_tls
+            .then(&mut next_listener)
+            .transpose()?;
+        handover.fds = fds.collect();
+        let sides = Sides { metrics, api, tls };
+        let mut server = Server::new(config, listener, sides)?;
+        server.handover = Some(handover);
+        Ok(server)
     }
 
     /// Binds what was not passed in, loads the certificate, and makes the poll and the
@@ -235,6 +284,7 @@ impl Server {
             api,
             tls_listener,
             certified,
+            handover: None,
         })
     }
 
@@ -358,6 +408,9 @@ struct EventLoop<H> {
     broker: Option<Broker>,
     /// A drain waiting for the broker's barrier before its Close frames, until this deadline.
     drain_barrier: Option<Instant>,
+    /// A live upgrade in progress, and what the new process is started as.
+    reload: Option<Reload>,
+    origin: Origin,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -371,6 +424,7 @@ impl<H: Handler> EventLoop<H> {
             api,
             mut tls_listener,
             certified,
+            handover,
         } = server;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -378,7 +432,7 @@ impl<H: Handler> EventLoop<H> {
             poll.registry()
                 .register(l, TLS_LISTENER, Interest::READABLE)?;
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let listener_tls = certified.is_some() && tls_listener.is_none();
@@ -458,12 +512,73 @@ impl<H: Handler> EventLoop<H> {
             hub,
             broker,
             drain_barrier: None,
+            reload: None,
+            origin: Origin::of_this_process(),
             handler_timer: None,
             queue,
             jobs: Vec::new(),
             touched: Vec::new(),
             api,
         })
+        .map(|mut event_loop| {
+            if let Some(h) = handover {
+                event_loop.resume(h);
+            }
+            event_loop
+        })
+    }
+
+    /// Installs the connections a live upgrade handed over, each where it stood.
+    fn resume(&mut self, handover: Handover) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let Handover { state, fds } = handover;
+        let now_ms = self.now_ms();
+        let mut fds = fds.into_iter();
+        let (mut moved, mut lost) = (0, 0);
+        for st in state.conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let mut sock = TcpStream::from_std(std_sock);
+            let entry = self.conns.vacant_entry();
+            let id = ConnId(entry.key());
+            let registered = self.poll.registry().register(
+                &mut sock,
+                Token(id.0),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            let remaining = st.remaining_ms.map(Duration::from_millis);
+            let channels = st.channels.clone();
+            let conn = registered
+                .ok()
+                .and_then(|()| Conn::import(sock, &self.config, st, now_ms));
+            let Some(conn) = conn else {
+                lost += 1;
+                continue;
+            };
+            if conn.counted {
+                self.counted += 1;
+            }
+            if let Some(ip) = conn.ip {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+            }
+            entry.insert(conn);
+            if let Some(after) = remaining {
+                self.wheel.arm(id.0, self.now + after);
+            }
+            for name in channels {
+                let _ = self.hub.subscribe(id, &name);
+            }
+            moved += 1;
+        }
+        for st in state.api_conns {
+            let Some(fd) = fds.next() else { break };
+            // SAFETY: as above.
+            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            let sock = TcpStream::from_std(std_sock);
+            let _ = self.api.import(sock, st, self.now, self.poll.registry());
+        }
+        log::info!("live upgrade: resumed {moved} connections ({lost} could not be restored)");
     }
 
     fn run(&mut self) -> io::Result<Exit> {
@@ -499,6 +614,7 @@ impl<H: Handler> EventLoop<H> {
                         }
                     }
                     WAKER => self.take_jobs(),
+                    RELOAD => self.serve_reload(),
                     token if metrics::owns(token) => self.serve_metrics(token),
                     token if api::owns(token) => self.serve_api(token),
                     token if broker::owns(token) => {
@@ -519,6 +635,7 @@ impl<H: Handler> EventLoop<H> {
             self.relay();
             self.fan_out();
             self.pass_drain_barrier();
+            self.advance_reload();
             self.expire_timers();
             self.send_paced_closes();
             self.fan_out();
@@ -546,6 +663,9 @@ impl<H: Handler> EventLoop<H> {
             self.handler_timer,
             self.broker.as_ref().and_then(Broker::next_deadline),
             self.drain_barrier,
+            self.reload
+                .as_ref()
+                .map(|_| self.now + Duration::from_millis(100)),
         ];
         let hook = hooks.into_iter().flatten().min();
         let hook = hook.map(|at| at.saturating_duration_since(now));
@@ -662,25 +782,61 @@ impl<H: Handler> EventLoop<H> {
     fn on_signals(&mut self) -> bool {
         let mut received = 0;
         let mut reload = false;
-        for signal in self.signals.pending() {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        let mut reload_tls = false;
+        for signal in pending {
             log::info!("received signal {signal}");
             if signal == SIGHUP {
+                reload_tls = true;
+            } else if signal == SIGUSR2 {
                 reload = true;
             } else {
                 received += 1;
             }
         }
         if reload {
+            self.start_reload();
+        }
+        if reload_tls {
             self.reload_tls();
         }
         if received == 0 {
-            return false; // A spurious wakeup.
+            return false; // A spurious wakeup, or a reload.
         }
         if self.drain.is_some() || received > 1 {
             return true;
         }
         self.start_drain();
         false
+    }
+
+    /// A live upgrade is handing over: wss:// connections cannot move their TLS state, so each
+    /// gets Close 1012 (Service Restart) and close_notify, and moves as a closing connection
+    /// with `close_timeout` to finish.
+    fn leave_tls_for_upgrade(&mut self) {
+        let ids: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tls.is_some())
+            .map(|(key, _)| key)
+            .collect();
+        for &key in &ids {
+            let id = ConnId(key);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let mut cx = context!(self, id);
+            if conn.leave_tls_for_upgrade(&mut cx) {
+                cx.stats.closed(Side::Server, CloseCode::SERVICE_RESTART.0);
+            }
+            self.arm(id, Timer::Close, Some(self.config.close_timeout));
+        }
+        if !ids.is_empty() {
+            log::info!(
+                "live upgrade: {} wss:// connections closed with 1012 (TLS state cannot move)",
+                ids.len()
+            );
+        }
     }
 
     /// SIGHUP: loads the certificate pair again for the handshakes to come; open connections
@@ -709,6 +865,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn start_drain(&mut self) {
+        self.abort_reload("a drain began");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

@@ -101,6 +101,32 @@ impl Notifier {
         self.reported(state, now);
     }
 
+    /// A live upgrade began: `RELOADING=1` (with the monotonic time systemd asks for).
+    pub fn reloading(&self) {
+        // SAFETY: clock_gettime writes into the timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading: starting the new process"
+        ));
+    }
+
+    /// The new process took over: it is the service's main process from now on.
+    pub fn main_pid(&self, pid: u32) {
+        self.send(&format!("MAINPID={pid}"));
+    }
+
+    /// The upgrade failed: this process serves on, ready as before.
+    pub fn reload_failed(&mut self, now: Instant, open: usize, why: &str) {
+        let state = State::Serving { open };
+        self.send(&format!(
+            "READY=1\nSTATUS=reload failed ({why}); {}",
+            self.status_line(state, now).trim_start_matches("STATUS=")
+        ));
+        self.reported(state, now);
+    }
+
     /// Called once per loop turn: a status line if the state changed and the last one is old
     /// enough, and `WATCHDOG=1` when due.
     pub fn tick(&mut self, now: Instant, state: State) {

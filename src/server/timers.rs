@@ -72,12 +72,12 @@ impl Wheel {
         u64::try_from(ticks).unwrap_or(u64::MAX - 1)
     }
 
+    /// The instant a tick stands for.
     fn instant_of(&self, tick: u64) -> Instant {
         let nanos = u128::from(tick) * TICK.as_nanos();
         self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
-    #[cfg(test)]
     /// The deadline armed for `key`, if any (rounded up to the wheel's tick).
     pub fn deadline(&self, key: usize) -> Option<Instant> {
         let node = self.nodes.get(key)?;

@@ -13,6 +13,8 @@ use wsd::protocol::handshake::{self, ResponseError};
 use wsd::protocol::session::{Input, Limits};
 use wsd::protocol::{Event, Message, Role, Session};
 
+use crate::payload::{Expect, Payload, Tally};
+
 /// Room for the server's handshake response in idle and drain runs (wsd's is ~130 bytes; the
 /// buffer grows, up to [`MAX_RESPONSE_HEAD`], for a chattier server).
 pub const SMALL_INPUT: usize = 512;
@@ -20,6 +22,8 @@ pub const SMALL_INPUT: usize = 512;
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Room for the upgrade request (and later a Close frame) in idle and drain runs.
 pub const SMALL_OUTPUT: usize = 256;
+/// pubsub: deliveries a subscriber's input buffer holds, so a burst is read in few syscalls.
+const SUBSCRIBER_READ_FRAMES: usize = 16;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +72,8 @@ pub struct ReadOutcome {
     pub close: Option<u16>,
     /// Data messages outside an echo run.
     pub unexpected: u32,
+    /// pubsub: deliveries, checked against the subscriber's expectations.
+    pub tally: Tally,
 }
 
 /// What a message should look like: a per-worker template whose first bytes carry a sequence
@@ -165,6 +171,10 @@ pub struct Client {
     pub quota: u64,
     /// Echo: send time of each message in flight, by sequence number modulo the pipeline depth.
     send_times: Box<[Instant]>,
+    /// The channel index of the connection's path (0 without `--channels`).
+    pub channel: u32,
+    /// pubsub: what the subscriber expects next from each publisher (set once open).
+    pub expect: Option<Box<Expect>>,
 }
 
 impl Client {
@@ -204,6 +214,8 @@ impl Client {
             received: 0,
             quota: 0,
             send_times: vec![now; pipeline].into_boxed_slice(),
+            channel: 0,
+            expect: None,
         }
     }
 
@@ -216,8 +228,8 @@ impl Client {
         self.out_sent < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// The TCP connect finished (writable): queue the upgrade request. `Ok(false)` for a
-    /// spurious wake-up while still connecting.
+    /// The TCP connect finished (writable): queue the upgrade request for `path`. `Ok(false)`
+    /// for a spurious wake-up while still connecting.
     pub fn on_connected(&mut self, host: &str, path: &str) -> Result<bool, End> {
         let Some(sock) = &self.sock else {
             return Err(End::Reset);
@@ -247,7 +259,7 @@ impl Client {
     /// reading goes on until the end.
     pub fn read_ready(
         &mut self,
-        template: &Template,
+        check: Check<'_>,
         latency: &mut hdrhistogram::Histogram<u64>,
         to_eof: bool,
     ) -> ReadOutcome {
@@ -279,7 +291,7 @@ impl Client {
                 Ok(n) => {
                     self.in_len += n;
                     let now = Instant::now();
-                    self.consume(template, latency, now, &mut outcome);
+                    self.consume(check, latency, now, &mut outcome);
                     // Over TLS a short read says nothing of the socket: read to WouldBlock.
                     let drained =
                         n < room && !to_eof && self.state != State::Closing && self.tls.is_none();
@@ -300,7 +312,7 @@ impl Client {
     /// Handshake response or frames at the front of the input.
     fn consume(
         &mut self,
-        template: &Template,
+        check: Check<'_>,
         latency: &mut hdrhistogram::Histogram<u64>,
         now: Instant,
         outcome: &mut ReadOutcome,
@@ -315,6 +327,10 @@ impl Client {
                     self.state = State::Open;
                     self.deadline = None;
                     outcome.opened = true;
+                    if let Check::Pubsub { slots, .. } = check {
+                        // Before the frames that came with the 101: they may be deliveries.
+                        self.expect = Some(Box::new(Expect::new(self.channel, slots)));
+                    }
                 }
                 Err(e) => {
                     outcome.end = Some(End::Handshake(e));
@@ -345,8 +361,21 @@ impl Client {
                 Ok(Input::Consumed { consumed, event }) => {
                     used += consumed;
                     match event {
+                        Some(Event::Message(m)) if self.expect.is_some() => {
+                            if let (Check::Pubsub { payload, .. }, Some(expect)) =
+                                (check, self.expect.as_deref_mut())
+                            {
+                                deliver(payload, expect, &m, now, latency, &mut outcome.tally);
+                            } else {
+                                outcome.unexpected += 1;
+                            }
+                        }
                         Some(Event::Message(m)) if self.sent > self.received => {
                             let seq = self.received;
+                            let Check::Echo(template) = check else {
+                                outcome.unexpected += 1;
+                                continue;
+                            };
                             if !template.matches(seq, &m) {
                                 outcome.end = Some(End::Mismatch);
                                 break;
@@ -396,6 +425,11 @@ impl Client {
         }
     }
 
+    /// pubsub publisher: queues one data message.
+    pub fn queue_message(&mut self, message: Message<'_>) {
+        self.session.send(message, &mut self.out);
+    }
+
     /// Starts the closing handshake from our side (1000, normal closure).
     pub fn start_close(&mut self) {
         if self
@@ -437,6 +471,44 @@ impl Client {
         self.out_sent = 0;
         Ok(self.tls.as_ref().is_some_and(|t| t.wants_write()))
     }
+}
+
+/// What a read checks data messages against: echoes of the template, or pubsub payloads.
+#[derive(Clone, Copy)]
+pub enum Check<'a> {
+    Echo(&'a Template),
+    /// Deliveries of `payload`s from `slots` publishers per channel.
+    Pubsub {
+        payload: &'a Payload,
+        slots: usize,
+    },
+}
+
+/// Checks one pubsub delivery into `tally`, and times it when it is in order.
+fn deliver(
+    payload: &Payload,
+    expect: &mut Expect,
+    m: &Message<'_>,
+    now: Instant,
+    latency: &mut hdrhistogram::Histogram<u64>,
+    tally: &mut Tally,
+) {
+    match payload.check(m.as_bytes(), m.is_text()) {
+        Ok(h) => {
+            let delivered = tally.delivered;
+            expect.check(&h, tally);
+            if tally.delivered > delivered {
+                let nanos = payload.latency(&h, now).as_nanos() as u64;
+                let _ = latency.record(nanos.max(1));
+            }
+        }
+        Err(_) => tally.malformed += 1,
+    }
+}
+
+/// Input buffer of a pubsub subscriber of `size`-byte payloads.
+pub fn subscriber_input(size: usize) -> usize {
+    (SUBSCRIBER_READ_FRAMES * (size + MAX_HEADER_LEN)).max(SMALL_INPUT)
 }
 
 /// Buffer sizes for a connection that keeps `pipeline` messages of `size` bytes in flight.

@@ -2,13 +2,16 @@
 //!
 //! Layout: [`cli`] parses the command line; [`worker`] runs one mio loop per thread over its
 //! share of the connections, each a [`client::Client`] speaking through `wsd::protocol` in the
-//! client role; [`report`] merges the counts and prints them; [`sys`] holds the OS calls std
-//! lacks. This file wires them: it starts the workers, drives the phases (all connected → go →
+//! client role; [`payload`] stamps and checks pubsub publications, and [`api`] speaks wsd's
+//! HTTP publish API; [`report`] merges the counts and prints them; [`sys`] holds the OS calls
+//! std lacks. This file wires them: it starts the workers, drives the phases (all connected → go →
 //! done → teardown), prints the progress line and samples CPU time around the measured window.
 #![cfg_attr(test, deny(warnings))]
 
+mod api;
 mod cli;
 mod client;
+mod payload;
 mod report;
 mod sys;
 mod tls;
@@ -24,7 +27,7 @@ use cli::{Command, Mode, Options};
 use report::{Cpu, Report, Stats};
 use worker::{Shared, Worker};
 
-/// Exit status when a check failed (a wrong or missing echo, a failed connect, …).
+/// Exit status when a check failed (a wrong or missing echo or delivery, a failed connect, …).
 const EXIT_FAILED: u8 = 1;
 /// Exit status for an unusable command line.
 const EXIT_USAGE: u8 = 2;
@@ -48,10 +51,10 @@ fn main() -> ExitCode {
         }
     };
     let fd_limit = sys::raise_fd_limit();
-    if fd_limit > 0 && (opts.connections as u64) + FD_RESERVE > fd_limit {
+    let sockets = opts.connections + opts.ws_publishers() + opts.publishers;
+    if fd_limit > 0 && (sockets as u64) + FD_RESERVE > fd_limit {
         eprintln!(
-            "wsd-load: warning: {} connections need more than the open-file limit of {fd_limit}",
-            opts.connections
+            "wsd-load: warning: {sockets} connections need more than the open-file limit of {fd_limit}"
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     }
-    let shared = Arc::new(Shared::new(stop));
+    let shared = Arc::new(Shared::new(stop, &opts));
     let mut handles = Vec::with_capacity(opts.threads);
     for t in 0..opts.threads {
         let worker = match Worker::new(Arc::clone(&opts), Arc::clone(&shared), t) {
@@ -135,7 +138,7 @@ fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
         eprintln!("established {opened} ({failed} failed)");
     }
     match opts.mode {
-        Mode::Echo => {
+        Mode::Echo | Mode::Pubsub => {
             let client0 = sys::own_cpu();
             let server0 = opts.server_pid.and_then(|p| sys::process_cpu(p).ok());
             shared.go.store(true, Ordering::Release);
@@ -181,6 +184,7 @@ struct Progress {
     start: Instant,
     last: Instant,
     last_messages: u64,
+    last_publications: u64,
     mode: Mode,
 }
 
@@ -193,6 +197,7 @@ impl Progress {
             start: now,
             last: now,
             last_messages: 0,
+            last_publications: 0,
             mode: opts.mode,
         }
     }
@@ -206,14 +211,20 @@ impl Progress {
     fn line(&mut self, shared: &Shared, last: bool) {
         let now = Instant::now();
         let messages = shared.messages.load(Ordering::Relaxed);
+        let publications = shared.publications.load(Ordering::Relaxed);
         let dt = now.duration_since(self.last).as_secs_f64();
-        let rate = if dt > 0.0 {
-            (messages - self.last_messages) as f64 / dt
-        } else {
-            0.0
+        let per_s = |n: u64, last: u64| {
+            if dt > 0.0 {
+                (n - last) as f64 / dt
+            } else {
+                0.0
+            }
         };
+        let rate = per_s(messages, self.last_messages);
+        let pub_rate = per_s(publications, self.last_publications);
         self.last = now;
         self.last_messages = messages;
+        self.last_publications = publications;
         if !self.enabled {
             return;
         }
@@ -225,6 +236,12 @@ impl Progress {
         );
         match self.mode {
             Mode::Echo => text += &format!(" messages {messages} ({rate:.0}/s)"),
+            Mode::Pubsub => {
+                text += &format!(
+                    " publications {publications} ({pub_rate:.0}/s) deliveries {messages} \
+                     ({rate:.0}/s)"
+                )
+            }
             _ => {
                 text += &format!(
                     " closes {} ended {}",

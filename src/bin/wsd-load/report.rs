@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use wsd::protocol::handshake::ResponseError;
 
-use crate::cli::{Mode, Options};
+use crate::cli::{Mode, Options, Publish};
 use crate::client::End;
+use crate::payload::Tally;
 
 /// Highest latency the histograms track (longer samples are clamped to it): one minute, in ns.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
@@ -34,11 +35,13 @@ pub struct Stats {
     pub first_attempt: Option<Instant>,
     pub last_open: Option<Instant>,
 
-    /// Echo: verified echoes, their payload bytes, and their latency in ns.
+    /// Echo: verified echoes, their payload bytes, and their latency in ns (pubsub: in-order
+    /// deliveries, their bytes, and their latency from publish to delivery).
     pub messages: u64,
     pub bytes: u64,
     pub latency: Histogram<u64>,
     pub first_send: Option<Instant>,
+    /// The last echo (pubsub: the last delivery).
     pub last_echo: Option<Instant>,
     /// Echoes that were not what was sent.
     pub mismatches: u64,
@@ -62,6 +65,22 @@ pub struct Stats {
     pub first_close: Option<Instant>,
     pub last_close: Option<Instant>,
     pub last_end: Option<Instant>,
+
+    /// pubsub: publications sent, and what the subscribers made of their deliveries.
+    pub publications: u64,
+    pub tally: Tally,
+    pub first_publish: Option<Instant>,
+    pub last_publish: Option<Instant>,
+    /// pubsub over the API: connections opened, `200` answers and their latency in ns, other
+    /// statuses, broken connections, requests never answered, and `200`s whose subscriber
+    /// count differs from the subscribers connected to the channel.
+    pub api_opened: u64,
+    pub acks: u64,
+    pub ack_latency: Histogram<u64>,
+    pub api_status: BTreeMap<u16, u64>,
+    pub api_failures: u64,
+    pub unacked: u64,
+    pub subscriber_mismatches: u64,
 }
 
 impl Default for Stats {
@@ -96,6 +115,17 @@ impl Default for Stats {
             first_close: None,
             last_close: None,
             last_end: None,
+            publications: 0,
+            tally: Tally::default(),
+            first_publish: None,
+            last_publish: None,
+            api_opened: 0,
+            acks: 0,
+            ack_latency: histogram(),
+            api_status: BTreeMap::new(),
+            api_failures: 0,
+            unacked: 0,
+            subscriber_mismatches: 0,
         }
     }
 }
@@ -168,10 +198,24 @@ impl Stats {
         self.first_close = earliest(self.first_close, o.first_close);
         self.last_close = latest(self.last_close, o.last_close);
         self.last_end = latest(self.last_end, o.last_end);
+        self.publications += o.publications;
+        self.tally.add(&o.tally);
+        self.first_publish = earliest(self.first_publish, o.first_publish);
+        self.last_publish = latest(self.last_publish, o.last_publish);
+        self.api_opened += o.api_opened;
+        self.acks += o.acks;
+        let _ = self.ack_latency.add(&o.ack_latency);
+        for (k, v) in &o.api_status {
+            *self.api_status.entry(*k).or_default() += v;
+        }
+        self.api_failures += o.api_failures;
+        self.unacked += o.unacked;
+        self.subscriber_mismatches += o.subscriber_mismatches;
     }
 }
 
-/// CPU time over the measured window (echo: from the first message to the last echo).
+/// CPU time over the measured window (echo: from the first message to the last echo; pubsub:
+/// from the first publication to the end of the wait for the last delivery).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu {
     pub client: Duration,
@@ -213,11 +257,24 @@ impl Report<'_> {
     /// Every check passed: exit status 0.
     pub fn ok(&self) -> bool {
         let s = &self.stats;
-        let connected = s.opened == self.opts.connections as u64 && s.connect_failures() == 0;
+        let o = self.opts;
+        let connected = s.opened == (o.connections + o.ws_publishers()) as u64
+            && s.api_opened == self.api_connections()
+            && s.connect_failures() == 0;
         let common = connected && s.mismatches == 0 && s.protocol_errors == 0;
         match self.opts.mode {
             Mode::Echo => common && s.missing_echoes == 0 && s.lost == 0 && s.messages > 0,
             Mode::Idle => common && s.lost == 0,
+            Mode::Pubsub => {
+                common
+                    && s.lost == 0
+                    && s.tally.clean()
+                    && s.tally.delivered > 0
+                    && s.publications > 0
+                    && s.api_status.is_empty()
+                    && s.api_failures == 0
+                    && s.unacked == 0
+            }
             // Every connection got a Close and went away in time; answering ones cleanly.
             Mode::Drain => {
                 common
@@ -229,7 +286,49 @@ impl Report<'_> {
     }
 
     fn elapsed(&self) -> f64 {
-        secs(self.stats.first_send, self.stats.last_echo)
+        let first = match self.opts.mode {
+            Mode::Pubsub => self.stats.first_publish,
+            _ => self.stats.first_send,
+        };
+        secs(first, self.stats.last_echo)
+    }
+
+    /// pubsub: HTTP connections to the publish API the run opens.
+    fn api_connections(&self) -> u64 {
+        let o = self.opts;
+        if o.mode == Mode::Pubsub && o.publish == Publish::Api {
+            o.publishers as u64
+        } else {
+            0
+        }
+    }
+
+    /// pubsub: a line describing who publishes.
+    fn publishers_text(&self) -> String {
+        let o = self.opts;
+        match o.publish {
+            Publish::Ws => format!(
+                "{} WebSocket per channel ({} connections, each also subscribed)",
+                o.publishers,
+                o.ws_publishers()
+            ),
+            Publish::Api => format!(
+                "{} HTTP connection{} to {}",
+                o.publishers,
+                if o.publishers == 1 { "" } else { "s" },
+                o.api_addr
+            ),
+        }
+    }
+
+    fn schedule_text(&self) -> String {
+        match self.opts.pub_rate {
+            Some(r) => format!("{r} publications/s"),
+            None => format!(
+                "as fast as a window of {} per channel allows",
+                self.opts.window
+            ),
+        }
     }
 
     fn connect_span(&self) -> f64 {
@@ -256,14 +355,14 @@ impl Report<'_> {
             "wsd-load {} → {} ({} connections, {} thread{})",
             o.mode.name(),
             o.addr,
-            o.connections,
+            o.connections + o.ws_publishers(),
             o.threads,
             if o.threads == 1 { "" } else { "s" }
         );
         row(
             &mut t,
             "opened",
-            format!("{} of {}", s.opened, o.connections),
+            format!("{} of {}", s.opened, o.connections + o.ws_publishers()),
         );
         row(&mut t, "connect failures", self.failures_text());
         let cspan = self.connect_span();
@@ -326,6 +425,7 @@ impl Report<'_> {
                     );
                 }
             }
+            Mode::Pubsub => self.pubsub_rows(&mut t),
             Mode::Idle => {
                 row(&mut t, "held", format!("{:.1} s", self.held.as_secs_f64()));
                 row(&mut t, "dropped while held", s.lost.to_string());
@@ -372,6 +472,158 @@ impl Report<'_> {
         t
     }
 
+    fn pubsub_rows(&self, t: &mut String) {
+        let o = self.opts;
+        let s = &self.stats;
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<26} {v}");
+        };
+        let el = self.elapsed();
+        let kind = if o.binary { "binary" } else { "text" };
+        row(
+            t,
+            "subscribers",
+            format!(
+                "{} over {} channel(s)",
+                o.connections,
+                o.channels.unwrap_or(1)
+            ),
+        );
+        row(t, "publishers", self.publishers_text());
+        row(
+            t,
+            "publications",
+            format!(
+                "{} × {} B {kind}, {}",
+                s.publications,
+                o.size,
+                self.schedule_text()
+            ),
+        );
+        row(t, "deliveries", s.tally.delivered.to_string());
+        row(t, "elapsed", format!("{el:.3} s"));
+        row(
+            t,
+            "publications/s",
+            format!("{:.0}", per_sec(s.publications, el)),
+        );
+        row(
+            t,
+            "deliveries/s",
+            format!(
+                "{:.0} ({:.1} MiB/s payload)",
+                per_sec(s.tally.delivered, el),
+                per_sec(s.bytes, el) / 1048576.0
+            ),
+        );
+        row(t, "latency (µs)", percentiles_text(&s.latency));
+        if o.publish == Publish::Api {
+            row(t, "publish answer (µs)", percentiles_text(&s.ack_latency));
+            let mut api = format!(
+                "{} × 200, {} failed connections, {} unanswered",
+                s.acks, s.api_failures, s.unacked
+            );
+            for (status, n) in &s.api_status {
+                let _ = write!(api, ", {n} × HTTP {status}");
+            }
+            if s.subscriber_mismatches > 0 {
+                let _ = write!(
+                    api,
+                    ", {} subscriber counts unlike ours",
+                    s.subscriber_mismatches
+                );
+            }
+            row(t, "publish answers", api);
+        }
+        let v = &s.tally;
+        row(
+            t,
+            "verification",
+            format!(
+                "{} lost, {} duplicated, {} out of order, {} malformed, {} misrouted, {} \
+                 connections lost",
+                v.lost, v.duplicated, v.out_of_order, v.malformed, v.misrouted, s.lost
+            ),
+        );
+        row(
+            t,
+            "client CPU µs/delivery",
+            format!("{:.3}", self.per_delivery_us(self.cpu.client)),
+        );
+        if let Some(server) = self.cpu.server {
+            row(
+                t,
+                "server CPU µs/delivery",
+                format!("{:.3}", self.per_delivery_us(server)),
+            );
+        }
+    }
+
+    fn per_delivery_us(&self, cpu: Duration) -> f64 {
+        let n = self.stats.tally.delivered;
+        if n == 0 {
+            0.0
+        } else {
+            cpu.as_secs_f64() * 1e6 / n as f64
+        }
+    }
+
+    fn pubsub_json(&self, j: &mut Json) {
+        let o = self.opts;
+        let s = &self.stats;
+        let el = self.elapsed();
+        let v = &s.tally;
+        j.num("channels", o.channels.unwrap_or(1) as f64);
+        j.num("subscribers", o.connections as f64);
+        j.str(
+            "publish",
+            match o.publish {
+                Publish::Ws => "ws",
+                Publish::Api => "api",
+            },
+        );
+        j.num("publishers", o.publishers as f64);
+        j.num("ws_publishers", o.ws_publishers() as f64);
+        match o.pub_rate {
+            Some(r) => j.num("pub_rate", r),
+            None => j.raw("pub_rate", "null"),
+        }
+        j.num("window", o.window as f64);
+        j.num("size", o.size as f64);
+        j.raw("binary", if o.binary { "true" } else { "false" });
+        j.num("publications", s.publications as f64);
+        j.num("deliveries", v.delivered as f64);
+        j.num("bytes", s.bytes as f64);
+        j.num("elapsed_s", el);
+        j.num("publications_per_s", per_sec(s.publications, el));
+        j.num("deliveries_per_s", per_sec(v.delivered, el));
+        j.num("bytes_per_s", per_sec(s.bytes, el));
+        j.raw("latency_us", &percentiles_json(&s.latency));
+        j.num("lost_deliveries", v.lost as f64);
+        j.num("duplicated", v.duplicated as f64);
+        j.num("out_of_order", v.out_of_order as f64);
+        j.num("malformed", v.malformed as f64);
+        j.num("misrouted", v.misrouted as f64);
+        j.num("lost", s.lost as f64);
+        if o.publish == Publish::Api {
+            j.num("api_opened", s.api_opened as f64);
+            j.num("acks", s.acks as f64);
+            j.raw("ack_latency_us", &percentiles_json(&s.ack_latency));
+            j.raw("api_status", &counts_json(&s.api_status));
+            j.num("api_failures", s.api_failures as f64);
+            j.num("unacked", s.unacked as f64);
+            j.num("subscriber_mismatches", s.subscriber_mismatches as f64);
+        }
+        j.num(
+            "client_cpu_us_per_delivery",
+            self.per_delivery_us(self.cpu.client),
+        );
+        match self.cpu.server {
+            Some(c) => j.num("server_cpu_us_per_delivery", self.per_delivery_us(c)),
+            None => j.raw("server_cpu_us_per_delivery", "null"),
+        }
+    }
+
     fn failures_text(&self) -> String {
         let s = &self.stats;
         let mut t = format!(
@@ -394,7 +646,7 @@ impl Report<'_> {
         let mut j = Json::default();
         j.str("mode", o.mode.name());
         j.str("url", &format!("ws://{}{}", o.host, o.path));
-        j.num("connections", o.connections as f64);
+        j.num("connections", (o.connections + o.ws_publishers()) as f64);
         j.num("threads", o.threads as f64);
         j.raw("ok", if self.ok() { "true" } else { "false" });
         j.num("opened", s.opened as f64);
@@ -430,6 +682,7 @@ impl Report<'_> {
                     None => j.raw("server_cpu_us_per_msg", "null"),
                 }
             }
+            Mode::Pubsub => self.pubsub_json(&mut j),
             Mode::Idle => {
                 j.num("held_s", self.held.as_secs_f64());
                 j.num("lost", s.lost as f64);

@@ -1,4 +1,5 @@
-//! The few OS calls std and mio do not offer: bind-before-connect without a port, and CPU time.
+//! The few OS calls std and mio do not offer: bind-before-connect without a port, CPU time, and
+//! a timer finer than a poll timeout.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -180,4 +181,74 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur as u64
+}
+
+/// A one-shot timer with nanosecond precision that a mio poll can wait on (a timerfd): poll
+/// timeouts are rounded up to whole milliseconds, too coarse to pace publications whose
+/// latency is measured from when they were due.
+pub struct Timer {
+    fd: OwnedFd,
+}
+
+impl Timer {
+    pub fn new() -> io::Result<Timer> {
+        // SAFETY: timerfd_create with constant arguments; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Fires once, `after` from now (at once for zero); replaces any earlier setting.
+    pub fn arm(&self, after: Duration) -> io::Result<()> {
+        // A zero it_value would disarm the timer: fire after a nanosecond instead.
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes the expiry so the next one raises a new edge.
+    pub fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut ticks = 0u64;
+        // SAFETY: reads at most 8 bytes into `ticks`, which has 8; failure (nothing expired,
+        // EAGAIN) needs no handling.
+        let _ = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut ticks as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
 }

@@ -12,14 +12,13 @@ async fn serve(stream: TcpStream) {
         return;
     };
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            }
+        let echo = match msg {
+            Message::Text(_) | Message::Binary(_) => ws.send(msg).await,
             Message::Close(_) => return,
-            _ => {}
+            _ => Ok(()),
+        };
+        if echo.is_err() {
+            return;
         }
     }
 }

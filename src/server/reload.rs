@@ -1,0 +1,216 @@
+//! The old process's side of a live upgrade, in the loop: SIGUSR2 starts the new process, its
+//! HELLO freezes this one and hands everything over (see [`super::upgrade`]); a failure leaves
+//! this process serving as before.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use crate::handler::Handler;
+
+use super::upgrade::{self, State, STATE_VERSION, UPGRADE_FD_ENV, UPGRADE_TIMEOUT};
+use super::{ConnId, EventLoop};
+
+/// The handover socket's token.
+pub const RELOAD: Token = Token(usize::MAX - 11);
+
+/// A live upgrade in progress.
+pub struct Reload {
+    child: Child,
+    sock: OwnedFd,
+    started: Instant,
+    /// The new process said HELLO: the handover runs as soon as no answer waits.
+    ready: bool,
+}
+
+/// The binary and arguments this process was started with, for the new process (read at
+/// start: once the binary is replaced on disk, /proc/self/exe names a deleted file).
+pub struct Origin {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Origin {
+    pub fn of_this_process() -> Origin {
+        let exe = std::env::current_exe()
+            .ok()
+            .map(|p| {
+                // A replaced binary: its path without the " (deleted)" the kernel adds.
+                let s = p.to_string_lossy();
+                PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+            })
+            .unwrap_or_else(|| PathBuf::from("wsd"));
+        Origin {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+        }
+    }
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// SIGUSR2: starts the binary on disk as the new process.
+    pub(super) fn start_reload(&mut self) {
+        if self.drain.is_some() {
+            log::warn!("reload refused: draining");
+            return;
+        }
+        if self.reload.is_some() {
+            log::warn!("reload refused: one is already in progress");
+            return;
+        }
+        match self.spawn_new_process() {
+            Ok(reload) => {
+                log::info!(
+                    "reload: started pid {} ({}); waiting for it to take over",
+                    reload.child.id(),
+                    self.origin.exe.display()
+                );
+                self.notify.reloading();
+                self.reload = Some(reload);
+            }
+            Err(e) => {
+                log::warn!(
+                    "reload failed: cannot start {}: {e}",
+                    self.origin.exe.display()
+                );
+            }
+        }
+    }
+
+    fn spawn_new_process(&mut self) -> std::io::Result<Reload> {
+        let (ours, theirs) = upgrade::socket_pair()?;
+        upgrade::inheritable(&theirs)?;
+        let child = Command::new(&self.origin.exe)
+            .args(&self.origin.args)
+            .env(UPGRADE_FD_ENV, theirs.as_raw_fd().to_string())
+            .stdin(Stdio::null())
+            .spawn()?;
+        drop(theirs);
+        self.poll.registry().register(
+            &mut SourceFd(&ours.as_raw_fd()),
+            RELOAD,
+            Interest::READABLE,
+        )?;
+        Ok(Reload {
+            child,
+            sock: ours,
+            started: self.now,
+            ready: false,
+        })
+    }
+
+    /// The new process wrote (HELLO) or went away.
+    pub(super) fn serve_reload(&mut self) {
+        let Some(reload) = &mut self.reload else {
+            return;
+        };
+        if reload.ready {
+            return;
+        }
+        match upgrade::read_hello(&reload.sock) {
+            Ok(version) if version == STATE_VERSION => reload.ready = true,
+            Ok(version) => {
+                let why = format!(
+                    "the new binary reads state version {version}, this one writes {STATE_VERSION}"
+                );
+                upgrade::refuse(&reload.sock, &why);
+                self.abort_reload(&why);
+            }
+            Err(why) => self.abort_reload(&why),
+        }
+    }
+
+    /// Once per turn: hands over when the new process is ready and nothing waits for an
+    /// answer; gives up after [`UPGRADE_TIMEOUT`].
+    pub(super) fn advance_reload(&mut self) {
+        let Some(reload) = &self.reload else {
+            return;
+        };
+        if self.now.duration_since(reload.started) > UPGRADE_TIMEOUT {
+            return self.abort_reload("the new process was not ready in time");
+        }
+        if reload.ready && !self.api.has_waiting_answers() {
+            self.hand_over();
+        }
+    }
+
+    /// Sends every socket and connection state to the new process and exits once it has them.
+    fn hand_over(&mut self) {
+        let started = Instant::now();
+        // Everything queued this turn goes out first.
+        self.fan_out();
+        let mut fds: Vec<RawFd> = Vec::new();
+        let Some(listener) = &self.listener else {
+            return self.abort_reload("no listener (draining)");
+        };
+        fds.push(listener.as_raw_fd());
+        let metrics = self.metrics.listener_fd();
+        let api = self.api.listener_fd();
+        let tls = self.tls_listener.as_ref().map(|l| l.as_raw_fd());
+        fds.extend(metrics);
+        fds.extend(api);
+        fds.extend(tls);
+        self.leave_tls_for_upgrade();
+        let now_ms = self.now_ms();
+        let mut state = State {
+            has_metrics: metrics.is_some(),
+            has_api: api.is_some(),
+            has_tls: tls.is_some(),
+            ..State::default()
+        };
+        for (key, conn) in self.conns.iter() {
+            let remaining = self
+                .wheel
+                .deadline(key)
+                .map(|at| at.saturating_duration_since(self.now));
+            let channels = self
+                .hub
+                .channels_of(ConnId(key))
+                .map(str::to_string)
+                .collect();
+            state.conns.push(conn.export(now_ms, remaining, channels));
+            fds.push(conn.sock.as_raw_fd());
+        }
+        for (fd, api_conn) in self.api.export() {
+            state.api_conns.push(api_conn);
+            fds.push(fd);
+        }
+        let Some(reload) = &self.reload else {
+            return;
+        };
+        match upgrade::send_state(&reload.sock, &state, &fds) {
+            Ok(()) => {
+                let pid = reload.child.id();
+                self.notify.main_pid(pid);
+                log::info!(
+                    "reload: pid {pid} took {} connections in {} ms; exiting",
+                    state.conns.len(),
+                    started.elapsed().as_millis()
+                );
+                // No Close, no FIN: the new process holds every socket; this one just ends.
+                std::process::exit(0);
+            }
+            Err(why) => self.abort_reload(&why),
+        }
+    }
+
+    /// Gives up the upgrade: the new process is stopped, this one serves on.
+    pub(super) fn abort_reload(&mut self, why: &str) {
+        let Some(mut reload) = self.reload.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&reload.sock.as_raw_fd()));
+        let _ = reload.child.kill();
+        let status = reload.child.wait();
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        log::warn!("reload failed: {why} (new process: {status}); still serving");
+        self.notify.reload_failed(self.now, self.counted, why);
+    }
+}
