@@ -583,3 +583,15 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     assert_eq!(served(&again), issued.der);
     echoes(&mut again, "a new wss:// connection");
 }
+
+#[test]
+fn a_publication_larger_than_the_output_bound_reaches_an_idle_wss_subscriber() {
+    let pki = Pki::new("big");
+    let issued = pki.issue("server", 2040);
+    let (wsd, api) = start_pubsub(&issued, &["--max-output-buffer", "64KiB"]);
+    let mut ws = pki.connect_wss(wsd.addr, "/big");
+    assert!(wsd.wait_for_log(": open /big").is_some());
+    let body = vec![3u8; 200_000];
+    assert_eq!(publish(api, "big", &body), 200);
+    assert_eq!(ws.read().unwrap(), Message::Binary(body));
+}

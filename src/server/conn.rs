@@ -667,7 +667,9 @@ impl Conn {
         }
         if self.tls.is_some() {
             for (i, frame) in slices.iter().enumerate() {
-                if self.queued() + scratch.cork.len() + frame.len() > max_out {
+                // As over ws://, a connection with nothing queued takes a frame of any size.
+                let first = !self.has_output() && scratch.cork.is_empty();
+                if !first && self.queued() + scratch.cork.len() + frame.len() > max_out {
                     d.dropped = slices.len() - i;
                     self.paused = true;
                     break;
