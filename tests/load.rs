@@ -344,3 +344,44 @@ fn pubsub_against_an_echo_server_reports_lost_deliveries() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("with the window full"), "{stderr}");
 }
+
+#[test]
+fn echo_interval_paces_messages_and_reports_stalls_per_period() {
+    let wsd = Wsd::start(&[]);
+    let url = wsd.url();
+    let pid = wsd.pid().to_string();
+    let args = [
+        "echo",
+        "--url",
+        &url,
+        "-c",
+        "10",
+        "--interval",
+        "20ms",
+        "-d",
+        "1500ms",
+        "--json",
+        "-q",
+        "--server-pid",
+        &pid,
+    ];
+    let child = start_established(&args);
+    std::thread::sleep(Duration::from_millis(600));
+    // A new stall period, as benches/reload.sh marks each reload.
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let out = child.wait_with_output().expect("output");
+    let json = stdout(&out);
+    assert!(out.status.success(), "{json}");
+    assert_eq!(json_number(&json, "interval_ms"), 20.0);
+    // 10 connections × 1.5 s / 20 ms = 750 at most: paced, not flat out.
+    let messages = json_number(&json, "messages");
+    assert!((200.0..=770.0).contains(&messages), "{json}");
+    let stalls = &json[json.find("\"stall_ms\"").expect("stall_ms")..];
+    assert_eq!(json_number(stalls, "connections"), 10.0);
+    assert!(json_number(stalls, "p50") >= 19.0, "{json}");
+    let periods = &json[json.find("\"stall_periods_ms\"").expect("periods")..];
+    let periods = &periods[..periods.find(']').expect("array end")];
+    assert_eq!(periods.matches("\"connections\":10").count(), 2, "{json}");
+    assert_eq!(json_number(&json, "disconnects"), 0.0);
+}

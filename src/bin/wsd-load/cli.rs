@@ -87,8 +87,11 @@ pub struct Options {
     pub hold: Option<Duration>,
     /// drain: share of connections that never answer the server's Close.
     pub no_answer_fraction: f64,
-    /// A server process whose CPU time (from /proc) is reported per message.
-    pub server_pid: Option<u32>,
+    /// Server processes (instances, a broker) whose CPU time (from /proc), summed, is reported
+    /// per message; each is also reported on its own in the JSON.
+    pub server_pids: Vec<u32>,
+    /// echo: each connection sends one message every interval instead of flat out.
+    pub interval: Option<Duration>,
     /// wss://: the TLS client configuration, and the name the certificate must carry.
     pub tls: Option<(
         std::sync::Arc<rustls::ClientConfig>,
@@ -146,7 +149,9 @@ common options:
                             127.0.0.2-127.0.0.200, so many connections do not run out of ports
   --rate R                  new connections per second                   [unbounded]
   --timeout T               limit for a connect, handshake, echo or close [10s]
-  --server-pid PID          also report that process's CPU time per message (from /proc)
+  --server-pid PID[,PID…]   also report those processes' CPU time per message (from /proc,
+                            summed over the list, e.g. two instances and their Redis; the
+                            option may repeat)
   --channels C              spread the connections over C paths <url path>/<prefix><k>,
                             connection i on k = i % C (pubsub: its channels)  [pubsub: 1]
   --channel-prefix P        channel name prefix                           [ch]
@@ -158,6 +163,15 @@ echo:
   -p, --pipeline D          messages in flight per connection            [1]
   -d, --duration T          run for T (10s, 500ms, 2m)                   [10s]
   -m, --messages M          send M messages in total instead
+  --interval T              each connection sends one message every T (the first ones spread
+                            over T) instead of flat out; a late echo delays the next send
+                            (needs -p 1)
+
+stalls (echo and pubsub): each connection's longest gap between two verified echoes or
+in-order deliveries is reported as percentiles over the connections (with --interval 50ms,
+or a pubsub --pub-rate of 20 on one channel, a server without pauses shows ~50 ms plus
+queueing); SIGUSR1 starts a new period, reported on its own (period 0: before the first),
+so a script can mark each server reload; connections that dropped are counted as lost.
 idle:
   --hold T                  hold the connections for T                   [until SIGINT/SIGTERM]
 drain:
@@ -231,7 +245,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         messages: None,
         hold: None,
         no_answer_fraction: 0.0,
-        server_pid: None,
+        server_pids: Vec::new(),
+        interval: None,
         tls: None,
         channels: None,
         channel_prefix: DEFAULT_CHANNEL_PREFIX.into(),
@@ -269,9 +284,13 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             }
             "--timeout" => o.timeout = parse_duration(&value()?)?,
             "--server-pid" => {
-                let v = value()?;
-                o.server_pid = Some(v.parse().map_err(|_| format!("--server-pid: {v:?}"))?);
+                for pid in value()?.split(',') {
+                    let p = pid.trim().parse();
+                    o.server_pids
+                        .push(p.map_err(|_| format!("--server-pid: {pid:?} is not a pid"))?);
+                }
             }
+            "--interval" => o.interval = Some(parse_duration(&value()?)?),
             "--json" => o.json = true,
             "-q" | "--quiet" => o.quiet = true,
             "-s" | "--size" => size = Some(parse_size(&value()?)?),
@@ -340,6 +359,14 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
     }
     if o.messages.is_some() && o.duration.is_some() {
         return Err("give --messages or --duration, not both".into());
+    }
+    if let Some(i) = o.interval {
+        if o.mode != Mode::Echo {
+            return Err("--interval goes with echo (pubsub: --pub-rate)".into());
+        }
+        if o.pipeline != 1 || i.is_zero() {
+            return Err("--interval needs -p 1 and a positive interval".into());
+        }
     }
     if o.src.iter().any(|ip| ip.is_ipv4() != addr.is_ipv4()) {
         return Err("--src and the server address must be the same IP version".into());
@@ -664,6 +691,26 @@ mod tests {
         let long = "x".repeat(MAX_CHANNEL_NAME);
         assert!(parse(&["pubsub", "--channel-prefix", &long]).is_some());
         assert!(check_channel_name("chat/room-1:a.b_c").is_ok());
+    }
+
+    #[test]
+    fn intervals_and_server_pids() {
+        let o = run(&[
+            "echo",
+            "--interval",
+            "50ms",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+        ]);
+        assert_eq!(o.interval, Some(Duration::from_millis(50)));
+        assert_eq!(o.server_pids, vec![10, 11, 12]);
+        let parse = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string())).err();
+        assert!(parse(&["echo", "--interval", "50ms", "-p", "4"]).is_some());
+        assert!(parse(&["echo", "--interval", "0ms"]).is_some());
+        assert!(parse(&["pubsub", "--interval", "50ms"]).is_some());
+        assert!(parse(&["echo", "--server-pid", "1,x"]).is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use wsd::protocol::session::{Input, Limits};
 use wsd::protocol::{Event, Message, Role, Session};
 
 use crate::payload::{Expect, Payload, Tally};
+use crate::stall::Gaps;
 
 /// Room for the server's handshake response in idle and drain runs (wsd's is ~130 bytes; the
 /// buffer grows, up to [`MAX_RESPONSE_HEAD`], for a chattier server).
@@ -175,6 +176,10 @@ pub struct Client {
     pub channel: u32,
     /// pubsub: what the subscriber expects next from each publisher (set once open).
     pub expect: Option<Box<Expect>>,
+    /// Its longest gaps between verified echoes or in-order deliveries.
+    pub gaps: Gaps,
+    /// Echo with `--interval`: when its next message is due.
+    pub due: Option<Instant>,
 }
 
 impl Client {
@@ -216,6 +221,8 @@ impl Client {
             send_times: vec![now; pipeline].into_boxed_slice(),
             channel: 0,
             expect: None,
+            gaps: Gaps::default(),
+            due: None,
         }
     }
 
@@ -365,7 +372,11 @@ impl Client {
                             if let (Check::Pubsub { payload, .. }, Some(expect)) =
                                 (check, self.expect.as_deref_mut())
                             {
+                                let before = outcome.tally.delivered;
                                 deliver(payload, expect, &m, now, latency, &mut outcome.tally);
+                                if outcome.tally.delivered > before {
+                                    self.gaps.on_message(now);
+                                }
                             } else {
                                 outcome.unexpected += 1;
                             }
@@ -385,6 +396,7 @@ impl Client {
                             let _ = latency.record(nanos.max(1));
                             self.received += 1;
                             outcome.echoes += 1;
+                            self.gaps.on_message(now);
                         }
                         Some(Event::Message(_)) => {
                             if self.sent > 0 {

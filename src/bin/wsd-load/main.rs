@@ -3,7 +3,8 @@
 //! Layout: [`cli`] parses the command line; [`worker`] runs one mio loop per thread over its
 //! share of the connections, each a [`client::Client`] speaking through `wsd::protocol` in the
 //! client role; [`payload`] stamps and checks pubsub publications, and [`api`] speaks wsd's
-//! HTTP publish API; [`report`] merges the counts and prints them; [`sys`] holds the OS calls
+//! HTTP publish API; [`stall`] measures each connection's longest gap between messages and
+//! paces `--interval`; [`report`] merges the counts and prints them; [`sys`] holds the OS calls
 //! std lacks. This file wires them: it starts the workers, drives the phases (all connected → go →
 //! done → teardown), prints the progress line and samples CPU time around the measured window.
 #![cfg_attr(test, deny(warnings))]
@@ -13,6 +14,7 @@ mod cli;
 mod client;
 mod payload;
 mod report;
+mod stall;
 mod sys;
 mod tls;
 mod worker;
@@ -64,6 +66,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     }
+    // SIGUSR1 starts a new stall period (its default action would end the process).
+    let mark = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&mark)) {
+        eprintln!("wsd-load: cannot handle SIGUSR1: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
     let shared = Arc::new(Shared::new(stop, &opts));
     let mut handles = Vec::with_capacity(opts.threads);
     for t in 0..opts.threads {
@@ -85,7 +93,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (cpu, held, mut progress) = drive(&opts, &shared);
+    let (cpu, held, mut progress) = drive(&opts, &shared, &mark);
     let mut stats = Stats::default();
     for h in handles {
         match h.join() {
@@ -118,7 +126,7 @@ fn main() -> ExitCode {
 
 /// Runs the phases from the main thread; returns the CPU used in the measured window, how long
 /// connections were held, and the progress line for its last word once the workers are done.
-fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
+fn drive(opts: &Options, shared: &Shared, mark: &AtomicBool) -> (Cpu, Duration, Progress) {
     let threads = opts.threads;
     let mut progress = Progress::new(opts);
     let mut cpu = Cpu::default();
@@ -140,18 +148,28 @@ fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
     match opts.mode {
         Mode::Echo | Mode::Pubsub => {
             let client0 = sys::own_cpu();
-            let server0 = opts.server_pid.and_then(|p| sys::process_cpu(p).ok());
+            let server0 = servers_cpu(&opts.server_pids);
+            // Marks sent while connecting count from here: period 0 is the first of the run.
+            mark.store(false, Ordering::Relaxed);
             shared.go.store(true, Ordering::Release);
             while shared.done.load(Ordering::Acquire) < threads {
+                if mark.swap(false, Ordering::Relaxed) {
+                    let period = shared.period.fetch_add(1, Ordering::AcqRel) + 1;
+                    if !opts.quiet {
+                        eprintln!("period {period} begins");
+                    }
+                }
                 progress.tick(shared);
                 std::thread::park_timeout(MAIN_TICK);
             }
             cpu.client = sys::own_cpu().saturating_sub(client0);
-            cpu.server = opts
-                .server_pid
-                .and_then(|p| sys::process_cpu(p).ok())
-                .zip(server0)
-                .map(|(b, a)| b.saturating_sub(a));
+            let server1 = servers_cpu(&opts.server_pids);
+            cpu.per_pid = server0
+                .iter()
+                .zip(&server1)
+                .map(|(&(pid, a), &(_, b))| (pid, a.zip(b).map(|(a, b)| b.saturating_sub(a))))
+                .collect();
+            cpu.server = cpu.total_server();
             shared.teardown.store(true, Ordering::Release);
         }
         Mode::Idle => {
@@ -175,6 +193,13 @@ fn drive(opts: &Options, shared: &Shared) -> (Cpu, Duration, Progress) {
         }
     }
     (cpu, held, progress)
+}
+
+/// Each process's CPU time so far (None: it is gone, or /proc is unreadable).
+fn servers_cpu(pids: &[u32]) -> Vec<(u32, Option<Duration>)> {
+    pids.iter()
+        .map(|&p| (p, sys::process_cpu(p).ok()))
+        .collect()
 }
 
 /// The once-a-second line on stderr (rewritten in place on a terminal).

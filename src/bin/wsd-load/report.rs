@@ -11,6 +11,7 @@ use wsd::protocol::handshake::ResponseError;
 use crate::cli::{Mode, Options, Publish};
 use crate::client::End;
 use crate::payload::Tally;
+use crate::stall::Stalls;
 
 /// Highest latency the histograms track (longer samples are clamped to it): one minute, in ns.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
@@ -81,6 +82,9 @@ pub struct Stats {
     pub api_failures: u64,
     pub unacked: u64,
     pub subscriber_mismatches: u64,
+
+    /// Echo and pubsub: each connection's longest gap between messages, per period and run.
+    pub stalls: Stalls,
 }
 
 impl Default for Stats {
@@ -126,6 +130,7 @@ impl Default for Stats {
             api_failures: 0,
             unacked: 0,
             subscriber_mismatches: 0,
+            stalls: Stalls::default(),
         }
     }
 }
@@ -211,15 +216,30 @@ impl Stats {
         self.api_failures += o.api_failures;
         self.unacked += o.unacked;
         self.subscriber_mismatches += o.subscriber_mismatches;
+        self.stalls.merge(&o.stalls);
     }
 }
 
 /// CPU time over the measured window (echo: from the first message to the last echo; pubsub:
 /// from the first publication to the end of the wait for the last delivery).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Cpu {
     pub client: Duration,
+    /// The server processes' CPU time summed (None unless every one was measured).
     pub server: Option<Duration>,
+    /// Each `--server-pid`'s own (None: it could not be read at both ends of the window).
+    pub per_pid: Vec<(u32, Option<Duration>)>,
+}
+
+impl Cpu {
+    /// The sum over the server processes, if each was measured: a process that vanished
+    /// (a reload, a crash) would make a partial sum look cheap.
+    pub fn total_server(&self) -> Option<Duration> {
+        if self.per_pid.is_empty() {
+            return None;
+        }
+        self.per_pid.iter().map(|(_, d)| *d).sum()
+    }
 }
 
 /// The merged result of a run, with the verdict.
@@ -412,6 +432,7 @@ impl Report<'_> {
                         s.mismatches, s.missing_echoes, s.lost
                     ),
                 );
+                self.stall_rows(&mut t);
                 row(
                     &mut t,
                     "client CPU µs/msg",
@@ -545,6 +566,7 @@ impl Report<'_> {
                 v.lost, v.duplicated, v.out_of_order, v.malformed, v.misrouted, s.lost
             ),
         );
+        self.stall_rows(t);
         row(
             t,
             "client CPU µs/delivery",
@@ -557,6 +579,49 @@ impl Report<'_> {
                 format!("{:.3}", self.per_delivery_us(server)),
             );
         }
+    }
+
+    /// The longest gap per connection, over the run and per SIGUSR1 period.
+    fn stall_rows(&self, t: &mut String) {
+        let st = &self.stats.stalls;
+        let _ = writeln!(
+            t,
+            "  {:<26} {}",
+            "stall (longest gap, ms)",
+            stall_text(&st.run)
+        );
+        if st.periods.len() > 1 {
+            for (k, (h, lost)) in st.periods.iter().zip(&st.disconnects).enumerate() {
+                let _ = writeln!(
+                    t,
+                    "  {:<26} {}, {lost} dropped",
+                    format!("  period {k}"),
+                    stall_text(h)
+                );
+            }
+        }
+    }
+
+    /// `stall_ms` (over the run) and `stall_periods_ms`, and each server process's CPU.
+    fn stall_json(&self, j: &mut Json) {
+        let st = &self.stats.stalls;
+        j.raw("stall_ms", &stall_json(&st.run, None));
+        let periods: Vec<String> = st
+            .periods
+            .iter()
+            .zip(&st.disconnects)
+            .map(|(h, &lost)| stall_json(h, Some(lost)))
+            .collect();
+        j.raw("stall_periods_ms", &format!("[{}]", periods.join(",")));
+        j.num("disconnects", self.stats.lost as f64);
+        let mut pids = Json::default();
+        for (pid, cpu) in &self.cpu.per_pid {
+            match cpu {
+                Some(c) => pids.num(&pid.to_string(), c.as_secs_f64() * 1e6),
+                None => pids.raw(&pid.to_string(), "null"),
+            }
+        }
+        j.raw("server_cpu_us_by_pid", &pids.finish());
     }
 
     fn per_delivery_us(&self, cpu: Duration) -> f64 {
@@ -681,8 +746,16 @@ impl Report<'_> {
                     Some(c) => j.num("server_cpu_us_per_msg", self.per_msg_us(c)),
                     None => j.raw("server_cpu_us_per_msg", "null"),
                 }
+                match o.interval {
+                    Some(i) => j.num("interval_ms", i.as_secs_f64() * 1e3),
+                    None => j.raw("interval_ms", "null"),
+                }
+                self.stall_json(&mut j);
             }
-            Mode::Pubsub => self.pubsub_json(&mut j),
+            Mode::Pubsub => {
+                self.pubsub_json(&mut j);
+                self.stall_json(&mut j);
+            }
             Mode::Idle => {
                 j.num("held_s", self.held.as_secs_f64());
                 j.num("lost", s.lost as f64);
@@ -742,6 +815,43 @@ fn percentiles_json(h: &Histogram<u64>) -> String {
     }
     j.num("max", if empty { 0.0 } else { us(h.max()) });
     j.num("mean", if empty { 0.0 } else { h.mean() / 1000.0 });
+    j.finish()
+}
+
+/// Gap percentiles over connections, in ms.
+fn stall_text(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "-".into();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:.1}  p99 {:.1}  max {:.1}  ({} connections)",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        h.len()
+    )
+}
+
+/// Gap percentiles over connections, in ms, and the connections that dropped (per period).
+fn stall_json(h: &Histogram<u64>, disconnects: Option<u64>) -> String {
+    let mut j = Json::default();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let empty = h.is_empty();
+    let at = |q: f64| {
+        if empty {
+            0.0
+        } else {
+            ms(h.value_at_quantile(q))
+        }
+    };
+    j.num("connections", h.len() as f64);
+    j.num("p50", at(0.5));
+    j.num("p99", at(0.99));
+    j.num("max", if empty { 0.0 } else { ms(h.max()) });
+    if let Some(n) = disconnects {
+        j.num("disconnects", n as f64);
+    }
     j.finish()
 }
 
@@ -821,6 +931,24 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stall_json_is_in_milliseconds() {
+        let mut h = crate::stall::gap_histogram();
+        assert_eq!(
+            stall_json(&h, Some(0)),
+            r#"{"connections":0,"p50":0,"p99":0,"max":0,"disconnects":0}"#
+        );
+        for us in [50_000, 60_000, 250_000] {
+            h.record(us).unwrap();
+        }
+        let j = stall_json(&h, None);
+        assert!(j.starts_with(r#"{"connections":3,"p50":60."#), "{j}");
+        assert!(
+            j.contains(r#""max":250."#) && !j.contains("disconnects"),
+            "{j}"
+        );
+    }
 
     #[test]
     fn json_objects_nest_and_escape() {

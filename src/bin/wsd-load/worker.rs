@@ -21,6 +21,7 @@ use crate::cli::{Mode, Options, Publish};
 use crate::client::{self, Check, Client, End, State, Template};
 use crate::payload::{Header, Payload};
 use crate::report::Stats;
+use crate::stall::{self, Pacer};
 use crate::sys;
 
 /// Most connects (and handshakes) in progress per thread when no `--rate` is given, so a burst
@@ -81,6 +82,8 @@ pub struct Shared {
     pub pub_done: AtomicBool,
     /// pubsub: origin of the publications' send stamps.
     pub epoch: Instant,
+    /// Stall period (SIGUSR1 moves it on); each worker closes its own on seeing it change.
+    pub period: AtomicUsize,
 }
 
 impl Shared {
@@ -98,6 +101,7 @@ impl Shared {
             published: zeros(channels * slots),
             pub_done: AtomicBool::new(false),
             epoch: Instant::now(),
+            period: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             messages: AtomicU64::new(0),
@@ -210,6 +214,10 @@ pub struct Worker {
     publishing: Option<Box<Publishing>>,
     /// pubsub, worker 0 with `--pub-rate`: wakes the loop when a publication is due.
     timer: Option<sys::Timer>,
+    /// The stall period this worker's connections are counting gaps in.
+    period: usize,
+    /// Echo with `--interval`: when each connection sends next.
+    pacer: Option<Pacer>,
 }
 
 impl Worker {
@@ -282,6 +290,8 @@ impl Worker {
             subscribers,
             publishing,
             timer,
+            period: 0,
+            pacer: None,
             opts,
         })
     }
@@ -303,6 +313,7 @@ impl Worker {
             Mode::Echo => {
                 self.wait_for(|s| Shared::flag(&s.go) || Shared::flag(&s.stop));
                 self.echo();
+                self.finish_gaps();
                 self.shared.done.fetch_add(1, Ordering::AcqRel);
                 self.shared.main.unpark();
                 self.wait_for(|s| Shared::flag(&s.teardown));
@@ -318,6 +329,7 @@ impl Worker {
             Mode::Pubsub => {
                 self.wait_for(|s| Shared::flag(&s.go) || Shared::flag(&s.stop));
                 self.pubsub();
+                self.finish_gaps();
                 self.shared.done.fetch_add(1, Ordering::AcqRel);
                 self.shared.main.unpark();
                 self.wait_for(|s| Shared::flag(&s.teardown));
@@ -517,8 +529,19 @@ impl Worker {
         let start = Instant::now();
         let end_at = self.opts.duration.map(|d| start + d);
         self.stats.first_send = Some(start);
-        for i in 0..self.clients.len() {
-            self.top_up(i, start);
+        if let Some(interval) = self.opts.interval {
+            let mut pacer = Pacer::default();
+            for i in 0..self.clients.len() {
+                let global = self.first + i * self.step;
+                let due = stall::first_due(start, interval, global, self.opts.connections);
+                self.clients[i].due = Some(due);
+                pacer.schedule(due, i);
+            }
+            self.pacer = Some(pacer);
+        } else {
+            for i in 0..self.clients.len() {
+                self.top_up(i, start);
+            }
         }
         let mut stopped_at: Option<Instant> = None;
         loop {
@@ -544,14 +567,64 @@ impl Worker {
                     break;
                 }
             }
-            self.turn(TICK);
+            let wait = self.send_paced(now);
+            self.turn(wait);
         }
         self.holding = false;
         self.sending = false;
     }
 
-    /// Echo: fills connection `i`'s pipeline and writes.
+    /// Echo with `--interval`: sends for every connection whose time has come and whose last
+    /// echo is back (a late one sends when its echo arrives, see [`Self::top_up`]); returns
+    /// how long the next poll may wait.
+    fn send_paced(&mut self, now: Instant) -> Duration {
+        let Some(mut pacer) = self.pacer.take() else {
+            return TICK;
+        };
+        while let Some((_, i)) = pacer.pop_due(now) {
+            self.paced_send(&mut pacer, i, now);
+        }
+        let wait = pacer
+            .next_due()
+            .map_or(TICK, |at| at.saturating_duration_since(now).min(TICK));
+        self.pacer = Some(pacer);
+        wait
+    }
+
+    /// Echo with `--interval`: connection `i` sends now if it is due and its echo is back,
+    /// and is scheduled for the next interval.
+    fn paced_send(&mut self, pacer: &mut Pacer, i: usize, now: Instant) {
+        let Some(interval) = self.opts.interval else {
+            return;
+        };
+        let c = &mut self.clients[i];
+        let Some(due) = c.due else {
+            return;
+        };
+        if !self.sending || c.state != State::Open || c.quota == 0 {
+            return;
+        }
+        if due > now || c.in_flight() > 0 {
+            // Not yet, or its echo is late: that echo's arrival sends the next one.
+            return;
+        }
+        c.queue_messages(&mut self.template, 1, now);
+        self.in_flight += 1;
+        self.quota_left = self.quota_left.saturating_sub(1);
+        let next = stall::next_due(due, now, interval);
+        c.due = Some(next);
+        pacer.schedule(next, i);
+        self.flush(i);
+    }
+
+    /// Echo: fills connection `i`'s pipeline and writes (with `--interval`: sends if its time
+    /// has come).
     fn top_up(&mut self, i: usize, now: Instant) {
+        if let Some(mut pacer) = self.pacer.take() {
+            self.paced_send(&mut pacer, i, now);
+            self.pacer = Some(pacer);
+            return;
+        }
         let depth = self.opts.pipeline as u64;
         let c = &mut self.clients[i];
         if !self.sending || c.state != State::Open {
@@ -1058,6 +1131,10 @@ impl Worker {
             }
         }
         self.events = events;
+        let period = self.shared.period.load(Ordering::Acquire);
+        if period != self.period {
+            self.next_period(period);
+        }
         let now = Instant::now();
         if now.duration_since(self.last_scan) >= DEADLINE_SCAN {
             self.last_scan = now;
@@ -1185,6 +1262,9 @@ impl Worker {
         }
         c.sock = None;
         c.state = State::Ended;
+        self.stats
+            .stalls
+            .record_finish(self.period, c.gaps.finish());
         self.live -= 1;
         self.stats.last_end = Some(now);
         let s = &mut self.stats;
@@ -1197,6 +1277,7 @@ impl Worker {
             State::Open => {
                 if self.holding && end != End::Mismatch {
                     s.lost += 1;
+                    s.stalls.disconnected(self.period);
                 }
                 if self.opts.mode == Mode::Pubsub {
                     // Later publications to its channel no longer owe it a delivery.
@@ -1258,6 +1339,24 @@ impl Worker {
             }
         }
         self.publishing = Some(p);
+    }
+
+    /// SIGUSR1 moved the stall period on: each connection's longest gap so far counts in the
+    /// period that ends.
+    fn next_period(&mut self, period: usize) {
+        for c in &mut self.clients {
+            let gap = c.gaps.end_period();
+            self.stats.stalls.record_period(self.period, gap);
+        }
+        self.period = period;
+    }
+
+    /// The measured run is over: each open connection's gaps are counted.
+    fn finish_gaps(&mut self) {
+        for c in &mut self.clients {
+            let gaps = c.gaps.finish();
+            self.stats.stalls.record_finish(self.period, gaps);
+        }
     }
 
     /// Publishes the counters' growth since the last turn for the progress line.
