@@ -9,10 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' Cargo.toml)
 
+# (cargo deb empties target/debian before each build: keep the first package aside.)
+pkgs=$(mktemp -d)
 bash scripts/deb.sh --deb-version "$VERSION-1"
+cp "target/debian/wsd_${VERSION}-1_amd64.deb" "$pkgs/"
 bash scripts/deb.sh --deb-version "$VERSION-2"
-OLD="target/debian/wsd_${VERSION}-1_amd64.deb"
-NEW="target/debian/wsd_${VERSION}-2_amd64.deb"
+cp "target/debian/wsd_${VERSION}-2_amd64.deb" "$pkgs/"
+OLD="$pkgs/wsd_${VERSION}-1_amd64.deb"
+NEW="$pkgs/wsd_${VERSION}-2_amd64.deb"
 
 echo "== dpkg-deb -c $NEW"
 contents=$(dpkg-deb -c "$NEW")
@@ -21,10 +25,14 @@ for path in ./usr/bin/wsd ./usr/bin/wsd-load ./etc/wsd/wsd.toml \
     ./lib/systemd/system/wsd.socket ./lib/systemd/system/wsd-workers.target; do
   grep -q " $path\$" <<<"$contents" || { echo "FAIL: $path missing from the package"; echo "$contents"; exit 1; }
 done
-dpkg-deb -I "$NEW" | grep -q "postinst" || { echo "FAIL: no postinst"; exit 1; }
-dpkg-deb -I "$NEW" | grep -q "conffiles" || { echo "FAIL: /etc/wsd/wsd.toml is not a conffile"; exit 1; }
-dpkg-deb --fsys-tarfile "$NEW" | tar -xO ./lib/systemd/system/wsd.service | grep -q "^ExecStart=/usr/bin/wsd " \
-  || { echo "FAIL: the packaged unit does not run /usr/bin/wsd"; exit 1; }
+# (Into variables first: `grep -q` closing a pipe early would fail it under pipefail.)
+control=$(mktemp -d)
+dpkg-deb -e "$NEW" "$control"
+[ -x "$control/postinst" ] || { echo "FAIL: no postinst"; exit 1; }
+grep -qx "/etc/wsd/wsd.toml" "$control/conffiles" || { echo "FAIL: /etc/wsd/wsd.toml is not a conffile"; exit 1; }
+rm -rf "$control"
+unit=$(dpkg-deb --fsys-tarfile "$NEW" | tar -xO ./lib/systemd/system/wsd.service)
+grep -q "^ExecStart=/usr/bin/wsd " <<<"$unit" || { echo "FAIL: the packaged unit does not run /usr/bin/wsd"; exit 1; }
 echo "ok"
 
 echo "== dpkg -i (install, then upgrade: the maintainer scripts run)"
@@ -39,7 +47,7 @@ PY=$(bash scripts/test-venv.sh)
 root=$(mktemp -d)
 stage=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$root" "$stage"; }
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$root" "$stage" "$pkgs"; }
 trap cleanup EXIT
 dpkg-deb -x "$OLD" "$root"
 dpkg-deb -x "$NEW" "$stage"
@@ -59,7 +67,8 @@ mv "$stage/usr/bin/wsd" "$root/usr/bin/wsd"
 kill -USR2 "$old_pid"
 for _ in $(seq 1 200); do grep -q "live upgrade: resumed" "$log" && break; sleep 0.05; done
 grep -q "live upgrade: resumed 1 connections" "$log" || { cat "$log"; echo "FAIL: no handover"; exit 1; }
-new_pid=$(curl -s "http://127.0.0.1:$metrics/metrics" | sed -n 's/^wsd_build_info{.*pid="\([0-9]*\)"} 1$/\1/p')
+scrape=$(curl -s "http://127.0.0.1:$metrics/metrics")
+new_pid=$(sed -n 's/^wsd_build_info{.*pid="\([0-9]*\)"} 1$/\1/p' <<<"$scrape")
 pids+=("$new_pid")
 [ -n "$new_pid" ] && [ "$new_pid" != "$old_pid" ] || { echo "FAIL: the old process still serves"; exit 1; }
 exe=$(readlink "/proc/$new_pid/exe")

@@ -23,6 +23,9 @@ bash scripts/test-deps.sh
 echo "== unit and integration tests (release: timing checks measure the server, not a debug build)"
 cargo test --release --all-targets
 
+echo "== Debian package: contents, install and upgrade, a live upgrade of a running wsd"
+bash scripts/deb-check.sh
+
 echo "== Autobahn|Testsuite (cases 1.* to 10.*)"
 bash scripts/autobahn.sh
 

@@ -38,15 +38,7 @@ fn instance(listen: &str, brokers: &[String], extra: &[&str]) -> Instance {
     ]);
     cmd.args(extra);
     let wsd = Wsd::spawn(cmd);
-    let line = wsd
-        .wait_for_log("publish API on http://")
-        .expect("API log line");
-    let api = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("API address");
+    let api = wsd.api_addr();
     Instance { wsd, api }
 }
 
@@ -244,6 +236,10 @@ fn redis_faults_keep_every_client_connected() {
     };
     let mut redis = Redis::start_on(port);
     publish_until_ok(&mut acked);
+    // While Redis is up every accepted publication arrives. (Redis answers PUBLISH once the
+    // message is queued for its subscribers, not once it is sent: one accepted the instant
+    // before Redis dies may be lost with it. So each fault below waits for the last one.)
+    read_until(&mut sub, &mut got, &acked);
 
     // Killed mid-run: 503s, counted; the client stays.
     redis.kill();
@@ -258,7 +254,7 @@ fn redis_faults_keep_every_client_connected() {
     for _ in 0..5 {
         publish_until_ok(&mut acked);
     }
-    read_until_pong(&mut sub, &mut got);
+    read_until(&mut sub, &mut got, &acked);
 
     // Paused: detected by PING, then recovered.
     // SAFETY: kill(2) on a child process of this test.
@@ -270,14 +266,13 @@ fn redis_faults_keep_every_client_connected() {
     publish_until_ok(&mut acked);
 
     // Every accepted publication arrived, in order (a 503'd one may or may not have).
-    while got.last() != acked.last() {
-        got.push(next_text(&mut sub).parse::<u32>().unwrap());
-    }
+    read_until(&mut sub, &mut got, &acked);
     read_until_pong(&mut sub, &mut got);
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     assert!(
         acked.iter().all(|a| got.contains(a)),
-        "acked {acked:?}, got {got:?}"
+        "acked {acked:?}, got {got:?}: {:?}",
+        i.wsd.logs()
     );
     assert_eq!(
         scrape(metrics)["wsd_connections_open"],
@@ -285,6 +280,13 @@ fn redis_faults_keep_every_client_connected() {
         "the client stayed connected"
     );
     assert!(scrape(metrics)[&format!("wsd_broker_connects_total{{url=\"{url}\"}}")] >= 3.0);
+}
+
+/// Reads numbered publications until the last of `acked` has arrived.
+fn read_until(ws: &mut Client, got: &mut Vec<u32>, acked: &[u32]) {
+    while got.last() < acked.last() {
+        got.push(next_text(ws).parse::<u32>().unwrap());
+    }
 }
 
 /// Pings `ws` and reads up to the Pong, collecting the numbered publications on the way.

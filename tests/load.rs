@@ -220,15 +220,7 @@ fn pubsub_wsd(args: &[&str]) -> (Wsd, String) {
     ];
     all.extend_from_slice(args);
     let wsd = Wsd::start(&all);
-    let line = wsd
-        .wait_for_log("publish API on http://")
-        .expect("API log line");
-    let api = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("API address");
-    let api = format!("http://{api}");
+    let api = format!("http://{}", wsd.api_addr());
     (wsd, api)
 }
 

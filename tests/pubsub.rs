@@ -23,15 +23,7 @@ fn pubsub(args: &[&str]) -> (Wsd, SocketAddr) {
     ];
     all.extend_from_slice(args);
     let wsd = Wsd::start(&all);
-    let line = wsd
-        .wait_for_log("publish API on http://")
-        .expect("API log line");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("API address");
+    let addr = wsd.api_addr();
     (wsd, addr)
 }
 

@@ -294,10 +294,7 @@ fn publications_cross_the_switch_exactly_once_and_in_order() {
     ]);
     cmd.env("RUST_LOG", "info");
     let wsd = Wsd::spawn(cmd);
-    let api: SocketAddr = wsd
-        .wait_for_log("publish API on http://")
-        .and_then(|l| l.split("http://").nth(1)?.split('/').next()?.parse().ok())
-        .expect("API address");
+    let api = wsd.api_addr();
     let mut subs: Vec<TcpStream> = (0..10)
         .map(|_| {
             let mut s = raw(wsd.addr);

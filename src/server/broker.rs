@@ -447,14 +447,17 @@ impl Broker {
         } else {
             &mut s.commands
         };
-        if let Err(e) = link.write().and_then(|()| link.read()) {
-            return self.down(i, &format!("{e}"), now, registry);
-        }
+        let io = link.write().and_then(|()| link.read());
+        // What arrived before an EOF or an error is handled first: a publication Redis sent
+        // just before it went away is still delivered.
         let result = if subscribe_link {
             self.read_subscriptions(i, hub, now)
         } else {
             self.read_replies(i, now)
         };
+        if let Err(e) = io {
+            return self.down(i, &format!("{e}"), now, registry);
+        }
         if let Err(why) = result {
             return self.down(i, &why, now, registry);
         }
@@ -507,6 +510,7 @@ impl Broker {
             let reply = redis::reply(frame);
             match (s.expect.pop_front(), reply) {
                 (Some(Expect::Publish(id)), Reply::Integer(k)) => {
+                    log::debug!("broker {}: publication {id} reached {k} instances", s.url);
                     self.results.insert(id, Some(u32::try_from(k).unwrap_or(0)));
                 }
                 (Some(Expect::Publish(id)), other) => {
@@ -529,6 +533,11 @@ impl Broker {
             used += n;
             match redis::sub_event(frame) {
                 SubEvent::Message { channel, payload } => {
+                    log::debug!(
+                        "broker {}: message on {}",
+                        s.url,
+                        String::from_utf8_lossy(&channel)
+                    );
                     let Some(name) = channel
                         .strip_prefix(self.prefix.as_bytes())
                         .and_then(|c| std::str::from_utf8(c).ok())
@@ -543,6 +552,7 @@ impl Broker {
                     hub.publish_local(name, message);
                 }
                 SubEvent::Confirmed => {
+                    log::debug!("broker {}: subscription change confirmed", s.url);
                     if s.resubscribing > 0 {
                         s.resubscribing -= 1;
                         if s.resubscribing == 0 {

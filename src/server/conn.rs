@@ -847,21 +847,30 @@ fn reserve_hint(need: Option<usize>, have: usize, step: usize) -> usize {
 fn write_some(sock: &mut TcpStream, buf: &[u8], gone: &mut bool) -> usize {
     let mut written = 0;
     while written < buf.len() {
-        match sock.write(&buf[written..]) {
-            Ok(0) => {
-                *gone = true;
-                break;
-            }
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                *gone = true;
-                break;
-            }
+        match taken(sock.write(&buf[written..]), gone) {
+            Some(n) => written += n,
+            None => break,
         }
     }
     written
+}
+
+/// What one write did: `Some(bytes)` to go on (0 after an interrupt), `None` to stop (the
+/// socket is full, or it failed and `gone` is now set).
+fn taken(result: io::Result<usize>, gone: &mut bool) -> Option<usize> {
+    match result {
+        Ok(0) => {
+            *gone = true;
+            None
+        }
+        Ok(n) => Some(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
+        Err(_) => {
+            *gone = true;
+            None
+        }
+    }
 }
 
 /// Writes as much of `slices` as the socket takes (one `writev` when it takes them all);
@@ -890,18 +899,9 @@ fn writev_some(sock: &mut TcpStream, slices: &[IoSlice<'_>], gone: &mut bool) ->
             }
             &iov
         };
-        match sock.write_vectored(view) {
-            Ok(0) => {
-                *gone = true;
-                break;
-            }
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                *gone = true;
-                break;
-            }
+        match taken(sock.write_vectored(view), gone) {
+            Some(n) => written += n,
+            None => break,
         }
     }
     written

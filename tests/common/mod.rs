@@ -325,6 +325,18 @@ impl Wsd {
         wsd
     }
 
+    /// The address of the publish API (`--api-listen`), from the log.
+    pub fn api_addr(&self) -> SocketAddr {
+        let line = self
+            .wait_for_log("publish API on http://")
+            .unwrap_or_else(|| panic!("no publish API: {:?}", self.logs()));
+        line.split("publish API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .expect("API address in log line")
+    }
+
     /// The address of the `/metrics` endpoint, from the log.
     pub fn metrics_addr(&self) -> SocketAddr {
         let line = self
