@@ -595,3 +595,46 @@ fn a_publication_larger_than_the_output_bound_reaches_an_idle_wss_subscriber() {
     assert_eq!(publish(api, "big", &body), 200);
     assert_eq!(ws.read().unwrap(), Message::Binary(body));
 }
+
+#[test]
+fn a_full_server_closes_a_wss_connection_at_once_and_counts_it() {
+    let pki = Pki::new("full");
+    let issued = pki.issue("server", 2040);
+    let wsd = start(
+        &issued,
+        &["--max-connections", "1", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut first = pki.connect_wss(wsd.addr, "/");
+    echoes(&mut first, "the one allowed");
+    // No TLS handshake is spent on a connection over the limit: it is closed unanswered.
+    let mut refused = TcpStream::connect(wsd.addr).unwrap();
+    refused.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(common::sees_eof(&mut refused));
+    let metrics = common::scrape(wsd.metrics_addr());
+    assert_eq!(
+        metrics["wsd_handshakes_rejected_total{status=\"503\"}"],
+        1.0
+    );
+    assert_eq!(metrics["wsd_tls_handshakes_total"], 1.0);
+    echoes(&mut first, "still served");
+}
+
+#[test]
+fn socket_activation_passes_the_wss_listener_by_name() {
+    let pki = Pki::new("activation");
+    let issued = pki.issue("server", 2040);
+    let ws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wss = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ws_addr, wss_addr) = (ws.local_addr().unwrap(), wss.local_addr().unwrap());
+    let args = tls_args(&issued);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cmd = common::activated_command(&[(&ws, "wsd"), (&wss, "tls")], &args);
+    let _wsd = Wsd::spawn(cmd);
+    let mut secure = pki.connect_wss(wss_addr, "/");
+    echoes(&mut secure, "over the inherited wss:// socket");
+    let stream = TcpStream::connect(ws_addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut plain, _) = tungstenite::client("ws://localhost/", stream).unwrap();
+    plain.send(Message::text("over ws://")).unwrap();
+    assert_eq!(plain.read().unwrap(), Message::text("over ws://"));
+}
