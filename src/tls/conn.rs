@@ -214,3 +214,124 @@ fn encode_into(encode: &mut EncodeTlsData<'_, ServerConnectionData>, seal: &mut 
     let written = encode.encode(&mut seal[at..]).unwrap_or(0);
     seal.truncate(at + written);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::Write;
+
+    /// A server `Tls` and a rustls client that trusts its (generated) certificate.
+    fn pair() -> (Tls, ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let server = crate::tls::server_config(vec![der.clone()], key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = ClientConnection::new(Arc::new(client), name).unwrap();
+        (Tls::new(server).unwrap(), client)
+    }
+
+    /// Feeds `cipher` to `tls` `step` bytes per read, as the loop does (a partial record is
+    /// kept and put back in front of the next read); returns the plaintext and the answers.
+    fn feed(tls: &mut Tls, cipher: &[u8], step: usize) -> (Vec<u8>, Vec<u8>) {
+        let (mut plain_out, mut seal) = (Vec::new(), Vec::new());
+        let mut read = vec![0u8; 64 * 1024];
+        let mut plain = vec![0u8; 64 * 1024];
+        for chunk in cipher.chunks(step) {
+            let pending = tls.take_pending();
+            let kept = pending.len();
+            read[..kept].copy_from_slice(&pending);
+            read[kept..kept + chunk.len()].copy_from_slice(chunk);
+            let len = kept + chunk.len();
+            let d = tls
+                .decrypt(&mut read[..len], &mut plain, &mut seal)
+                .unwrap();
+            tls.keep_pending(&read[d.used..len], Vec::new());
+            plain_out.extend_from_slice(&plain[..d.plain]);
+        }
+        (plain_out, seal)
+    }
+
+    /// Runs the handshake between the two, the server's side cut into reads of `step` bytes.
+    fn handshake(tls: &mut Tls, client: &mut ClientConnection, step: usize) {
+        while client.is_handshaking() || !tls.is_established() {
+            let mut cipher = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut cipher).unwrap();
+            }
+            let (plain, seal) = feed(tls, &cipher, step);
+            assert!(plain.is_empty());
+            let mut answer = &seal[..];
+            while !answer.is_empty() {
+                client.read_tls(&mut answer).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn records_cut_anywhere_come_out_whole_and_in_order() {
+        for step in [1, 7, 100, 16 * 1024 + 3] {
+            let (mut tls, mut client) = pair();
+            handshake(&mut tls, &mut client, step);
+            let message: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            client.writer().write_all(&message).unwrap();
+            client.writer().write_all(b"and a second write").unwrap();
+            let mut cipher = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut cipher).unwrap();
+            }
+            let (plain, _) = feed(&mut tls, &cipher, step);
+            assert_eq!(plain.len(), message.len() + 18, "step {step}");
+            assert_eq!(&plain[..message.len()], &message[..]);
+            assert!(!tls.has_pending(), "nothing left once every record arrived");
+        }
+    }
+
+    #[test]
+    fn what_the_server_encrypts_the_client_reads_and_close_notify_ends_it() {
+        let (mut tls, mut client) = pair();
+        handshake(&mut tls, &mut client, 4096);
+        let mut seal = Vec::new();
+        tls.encrypt(&vec![7u8; 50_000], &mut seal).unwrap();
+        tls.close_notify(&mut seal);
+        tls.close_notify(&mut seal); // once only
+        let mut input = &seal[..];
+        let mut got = Vec::new();
+        while !input.is_empty() {
+            client.read_tls(&mut input).unwrap();
+            let state = client.process_new_packets().unwrap();
+            let mut buf = vec![0u8; state.plaintext_bytes_to_read()];
+            std::io::Read::read_exact(&mut client.reader(), &mut buf).unwrap();
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(got, vec![7u8; 50_000]);
+        let mut rest = [0u8; 1];
+        assert_eq!(
+            std::io::Read::read(&mut client.reader(), &mut rest).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn garbage_fails_and_yields_nothing() {
+        let (mut tls, _) = pair();
+        let mut seal = Vec::new();
+        let mut read = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let mut plain = vec![0u8; 1024];
+        assert!(tls.decrypt(&mut read, &mut plain, &mut seal).is_err());
+        assert!(!tls.is_established());
+    }
+}
