@@ -582,6 +582,10 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     let mut again = pki.connect_wss(tls_addr, "/");
     assert_eq!(served(&again), issued.der);
     echoes(&mut again, "a new wss:// connection");
+    // The harness ends the process it started; the one serving now is not its child.
+    let new = serving_pid(wsd.metrics_addr());
+    // SAFETY: kill(2) with a pid read from the server itself.
+    unsafe { libc::kill(new, libc::SIGKILL) };
 }
 
 #[test]
