@@ -12,6 +12,9 @@
 #   WSD_ALT=path/to/other/wsd                    the binary run as server "wsd-alt"
 #   CELLS="1x16 100x1024 ..."   a subset of the cells below, by name
 #   OUT=benches/results/compare-<UTC time>.md
+#   TLS=1            everything over wss:// (a throwaway self-signed ECDSA P-256 certificate made
+#                    here); the peer is then tokio-tungstenite behind tokio-rustls:
+#                    SERVERS defaults to "wsd tungstenite-rustls"
 #
 # Per cell it reports messages/s, p99 latency, the server's CPU µs per message (user+system
 # time of the server process from /proc/PID/stat over the measured window, divided by the
@@ -26,10 +29,15 @@ DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-SERVERS=${SERVERS:-"wsd tungstenite fastwebsockets"}
+TLS=${TLS:-}
+if [[ -n $TLS ]]; then
+    SERVERS=${SERVERS:-"wsd tungstenite-rustls"}
+else
+    SERVERS=${SERVERS:-"wsd tungstenite fastwebsockets"}
+fi
 PORT=${PORT:-9301}
 STAMP=$(date -u +%Y%m%d-%H%M)
-OUT=${OUT:-benches/results/compare-$STAMP.md}
+OUT=${OUT:-benches/results/compare${TLS:+-tls}-$STAMP.md}
 RAW=${OUT%.md}.jsonl
 
 # name connections size pipeline kind
@@ -49,12 +57,24 @@ cargo build --release --quiet --bins
 WSD=target/release/wsd
 LOAD=target/release/wsd-load
 PEERS=benches/peers/target/release
+SCHEME=ws
+WSD_TLS=""
+LOAD_TLS=()
+if [[ -n $TLS ]]; then
+    CERTS=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$CERTS/key.pem" -out "$CERTS/cert.pem" 2>/dev/null
+    SCHEME=wss
+    WSD_TLS="--tls-cert $CERTS/cert.pem --tls-key $CERTS/key.pem"
+    LOAD_TLS=(--insecure)
+fi
 
 server_cmd() {
     local addr=127.0.0.1:$PORT
     case $1 in
-        wsd) echo "$WSD --listen $addr --max-connections 19000" ;;
-        wsd-alt) echo "${WSD_ALT:?set WSD_ALT to a wsd binary} --listen $addr --max-connections 19000" ;;
+        wsd) echo "$WSD --listen $addr --max-connections 19000 $WSD_TLS" ;;
+        wsd-alt) echo "${WSD_ALT:?set WSD_ALT to a wsd binary} --listen $addr --max-connections 19000 $WSD_TLS" ;;
+        tungstenite-rustls) echo "$PEERS/peer-tungstenite-rustls --listen $addr --cert $CERTS/cert.pem --key $CERTS/key.pem" ;;
         tungstenite) echo "$PEERS/peer-tungstenite --listen $addr" ;;
         fastwebsockets) echo "$PEERS/peer-fastwebsockets --listen $addr" ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
@@ -69,7 +89,7 @@ stop_server() {
         SERVER_PID=
     fi
 }
-trap stop_server EXIT
+trap 'stop_server; [[ -z ${CERTS:-} ]] || rm -rf "$CERTS"' EXIT
 
 start_server() {
     # shellcheck disable=SC2046
@@ -94,7 +114,7 @@ for cell in "${ALL_CELLS[@]}"; do
     for run in $(seq "$RUNS"); do
         for server in $SERVERS; do
             start_server "$server"
-            args=(echo --url "ws://127.0.0.1:$PORT/" -c "$conns" -s "$size" -p "$pipeline"
+            args=(echo --url "$SCHEME://127.0.0.1:$PORT/" "${LOAD_TLS[@]}" -c "$conns" -s "$size" -p "$pipeline"
                 -d "${DURATION}s" --json -q --server-pid "$SERVER_PID"
                 --src 127.0.0.2-127.0.0.200)
             [[ $kind == binary ]] && args+=(--binary)

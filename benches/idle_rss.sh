@@ -7,13 +7,19 @@
 #                       (--client-publish true) and the clients connect to /ch0 (CHANNELS=C
 #                       spreads them over /ch0 … /ch{C-1})
 #   --server broadcast  measure benches/peers' peer-broadcast instead of wsd (implies --pubsub)
-# Environment: WSD_ARGS (more wsd flags) and LOAD_ARGS (more wsd-load idle flags), e.g. the
-# permessage-deflate figures of the README:
-#   LOAD_ARGS=--deflate bash benches/idle_rss.sh 10000                     # shared (default)
-#   WSD_ARGS='--compression context' \
-#   LOAD_ARGS='--deflate --messages-first 4 -s 2KiB' bash benches/idle_rss.sh 10000
-# (with --messages-first each connection echoes that many messages before idling, so context
-# windows are full when RSS is read).
+# Environment:
+#   WSD_ARGS       more wsd flags; LOAD_ARGS more wsd-load idle flags, e.g. the
+#                  permessage-deflate figures of the README:
+#     LOAD_ARGS=--deflate bash benches/idle_rss.sh 10000                     # shared (default)
+#     WSD_ARGS='--compression context' \
+#     LOAD_ARGS='--deflate --messages-first 4 -s 2KiB' bash benches/idle_rss.sh 10000
+#                  (with --messages-first each connection echoes that many messages before
+#                  idling, so context windows are full when RSS is read)
+#   TLS=1          wss:// (a throwaway self-signed ECDSA P-256 certificate made here); the
+#                  connections count once their TLS and WebSocket handshakes completed
+#   RATE=R         new connections per second (default 20000; every TLS handshake must finish
+#                  within handshake_timeout, so a busy machine needs fewer)
+#   PROFILE=debug  measure the debug build (same allocation sizes; the release build is slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pubsub=
@@ -34,14 +40,31 @@ case $server in
   *) echo "unknown server $server (wsd or broadcast)" >&2; exit 2 ;;
 esac
 
-cargo build --release --quiet --bin wsd --bin wsd-load
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin wsd --bin wsd-load
+else
+  cargo build --quiet --bin wsd --bin wsd-load
+fi
+bin="${CARGO_TARGET_DIR:-target}/$profile"
+scheme=ws
+server_tls=()
+load_tls=()
+if [ -n "${TLS:-}" ]; then
+  certs=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$certs/key.pem" -out "$certs/cert.pem" 2>/dev/null
+  scheme=wss
+  server_tls=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
+  load_tls=(--insecure)
+fi
 if [ "$server" = broadcast ]; then
   (cd benches/peers && cargo build --release --quiet --bin peer-broadcast)
 fi
 port=$((20000 + RANDOM % 20000))
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap 'cleanup; [ -z "${certs:-}" ] || rm -rf "$certs"' EXIT
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -61,8 +84,8 @@ start_server() {
       local mode=()
       [ -n "$pubsub" ] && mode=(--mode pubsub --client-publish true)
       # shellcheck disable=SC2086 # WSD_ARGS is a word list
-      ./target/release/wsd --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
-        "${mode[@]}" ${WSD_ARGS:-} 2>/tmp/wsd-idle-rss.log &
+      "$bin/wsd" --listen "127.0.0.1:$port" --max-connections $((n + 100)) \
+        "${mode[@]}" "${server_tls[@]}" ${WSD_ARGS:-} 2>/tmp/wsd-idle-rss.log &
       ;;
     broadcast)
       benches/peers/target/release/peer-broadcast --listen "127.0.0.1:$port" \
@@ -75,10 +98,10 @@ start_server() {
 # baseline; in pub/sub a client's message comes back to it as a publication.
 warm_up() {
   if [ -n "$pubsub" ]; then
-    ./target/release/wsd-load pubsub --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q
+    "$bin/wsd-load" pubsub --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c 10 -m 100 -q
   else
     # shellcheck disable=SC2086
-    ./target/release/wsd-load echo --url "ws://127.0.0.1:$port/" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate}
+    "$bin/wsd-load" echo --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c 10 -m 100 -q ${LOAD_ARGS:+--deflate}
   fi
 }
 
@@ -97,8 +120,9 @@ for n in "${counts[@]}"; do
   base=$(rss_kib "$server_pid")
   log=$(mktemp)
   # shellcheck disable=SC2086 # LOAD_ARGS is a word list
-  ./target/release/wsd-load idle --url "ws://127.0.0.1:$port/" -c "$n" "${channels[@]}" ${LOAD_ARGS:-} \
-    --src 127.0.0.2-127.0.0.101 --rate 20000 --hold 120s 2>"$log" >/dev/null &
+  "$bin/wsd-load" idle --url "$scheme://127.0.0.1:$port/" "${load_tls[@]}" -c "$n" \
+    "${channels[@]}" ${LOAD_ARGS:-} --src 127.0.0.2-127.0.0.101 --rate "${RATE:-20000}" --hold 300s \
+    2>"$log" >/dev/null &
   loader=$!
   pids+=("$loader")
   for _ in $(seq 1 1200); do

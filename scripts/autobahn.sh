@@ -35,6 +35,9 @@
 #   AUTOBAHN_TIMEOUT  seconds the 1.* - 10.* runs may take (default 900)
 #   AUTOBAHN_DEFLATE_TIMEOUT  seconds the 12.* and 13.* runs may take (default 2400)
 #   AUTOBAHN_DEFLATE  1 (default) also runs 12.*, 13.* and the --compression off group; 0 not
+#   AUTOBAHN_TLS      1: run the main group (1.*-10.*) over wss:// only (wsd serves a throwaway
+#                     self-signed certificate made here with openssl; wstest does not verify
+#                     it). Reports then go to <repo>/autobahn-reports-tls/. wstest only.
 #
 # Default groups (run at the same time): main = 1.*-7.*, 9.*, 10.* (301 cases); deflate-a and
 # deflate-b = 12.* and 13.* (216, OK only); compression-off = 1.*-7.*, 10.* (247) against
@@ -50,7 +53,8 @@ SCRIPTS="$REPO/scripts"
 VENV="$REPO/.venv-autobahn"
 BOOT="$REPO/.venv-autobahn-bootstrap"
 KOSOKU_VENV="$REPO/.venv-autobahn-kosoku"
-REPORTS="$REPO/autobahn-reports"
+TLS="${AUTOBAHN_TLS:-}"
+REPORTS="$REPO/autobahn-reports${TLS:+-tls}"
 OUTDIR="$REPORTS/servers"
 REQS="$SCRIPTS/autobahn-requirements.txt"
 
@@ -149,6 +153,7 @@ case "$RUNNER" in
   kosoku) ;;
   *) die "AUTOBAHN_RUNNER must be auto, wstest or kosoku (got '$RUNNER')" ;;
 esac
+[[ -z "$TLS" || "$RUNNER" == wstest ]] || die "AUTOBAHN_TLS needs wstest (CPython 2.7)"
 if [[ "$RUNNER" == wstest ]]; then install_wstest "$PY27"; else install_kosoku; fi
 
 # ---------------------------------------------------------------- 2. server
@@ -180,7 +185,7 @@ if [[ -n "${AUTOBAHN_CASES:-}" ]]; then
   GROUP_SPECS+=("main|default|$EXPECTED|$TIMEOUT|no|${CASES[*]}")
 else
   GROUP_SPECS+=("main|default|$EXPECTED|$TIMEOUT|no|${CASES[*]}")
-  if [[ -z "${WSD_CMD:-}" && "${AUTOBAHN_DEFLATE:-1}" == 1 ]]; then
+  if [[ -z "${WSD_CMD:-}" && -z "$TLS" && "${AUTOBAHN_DEFLATE:-1}" == 1 ]]; then
     # permessage-deflate (RFC 7692): 216 cases, every one OK (no INFORMATIONAL), in two groups
     # of about the same length (measured: 12.3.* is the longest, 13.3.* and 13.4.* the shortest).
     GROUP_SPECS+=("deflate-a|default|90|$DEFLATE_TIMEOUT|yes|12.1.* 12.2.* 12.3.* 13.3.* 13.4.*")
@@ -222,6 +227,16 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+SCHEME=ws
+TLS_ARGS=()
+if [[ -n "$TLS" ]]; then
+  # Made per run, never committed.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$REPORTS/key.pem" -out "$REPORTS/cert.pem" 2>/dev/null
+  SCHEME=wss
+  TLS_ARGS=(--tls-cert "$REPORTS/cert.pem" --tls-key "$REPORTS/key.pem")
+fi
+
 # start_server NAME [EXTRA ARGS...]: wsd on a free port, logging to $REPORTS/wsd[-NAME].log.
 start_server() {
   local name="$1" port logf
@@ -230,7 +245,7 @@ start_server() {
   logf="$REPORTS/wsd.log"
   [[ "$name" == default ]] || logf="$REPORTS/wsd-$name.log"
   log "starting server '$name' on 127.0.0.1:$port (log: $logf)"
-  "${SERVER[@]}" --listen "127.0.0.1:$port" \
+  "${SERVER[@]}" --listen "127.0.0.1:$port" "${TLS_ARGS[@]}" \
     --max-message-size "$MAX_SIZE" --max-frame-size "$MAX_SIZE" "$@" >"$logf" 2>&1 &
   SERVER_PID[$name]=$!
   SERVER_PORT[$name]=$port
@@ -267,13 +282,13 @@ run_group() {
   local port="${SERVER_PORT[$server]}" spec="$REPORTS/fuzzingclient-$name.json"
   local logf="$REPORTS/$RUNNER-$name.log" rc=0
   rm -rf "$outdir"   # a stale index.json must never pass for this run
-  "$PYTHON3" - "$spec" "$port" "$outdir" "$@" <<'PY'
+  "$PYTHON3" - "$spec" "$port" "$outdir" "$SCHEME" "$@" <<'PY'
 import json, sys
-spec_path, port, outdir, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+spec_path, port, outdir, scheme, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 spec = {
     "options": {"failByDrop": True},
     "outdir": outdir,
-    "servers": [{"agent": "wsd", "url": "ws://127.0.0.1:%s" % port}],
+    "servers": [{"agent": "wsd", "url": "%s://127.0.0.1:%s" % (scheme, port)}],
     "cases": cases,
     "exclude-cases": [],
     "exclude-agent-cases": {},

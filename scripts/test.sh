@@ -34,6 +34,9 @@ bash scripts/chromium-check.sh
 echo "== Autobahn|Testsuite (cases 1.* to 10.*, 12.*, 13.*)"
 bash scripts/autobahn.sh
 
+echo "== Autobahn|Testsuite over wss:// (cases 1.* to 10.*)"
+AUTOBAHN_TLS=1 WSD_BIN="${CARGO_TARGET_DIR:-target}/release/wsd" bash scripts/autobahn.sh
+
 # Last, so the fuzzers' load cannot disturb the timing checks above.
 echo "== fuzzing: every target in fuzz/ for ${FUZZ_SECONDS:-60}s"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -75,6 +75,12 @@ pub struct Config {
     pub broker_backoff_max: Duration,
     /// Time Redis has to answer a PING before it is treated as down.
     pub broker_timeout: Duration,
+    /// PEM certificate chain (leaf first) for wss://; `None`: no TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Address of a separate wss:// listener; `None` with a certificate: `listen` is wss://.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// What the daemon does with messages (`mode`).
@@ -540,6 +546,41 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "tls_cert",
+        default: "",
+        doc: "PEM certificate chain (leaf first) for wss://; empty: no TLS (reloaded on SIGHUP)",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.tls_cert = (!v.is_empty()).then(|| PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        name: "tls_key",
+        default: "",
+        doc: "PEM private key of tls_cert (PKCS#8, PKCS#1 or SEC1)",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.tls_key = (!v.is_empty()).then(|| PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        name: "tls_listen",
+        default: "off",
+        doc: "address of a separate wss:// listener (listen stays ws://), or off: with tls_cert set, listen itself is wss://",
+        kind: Kind::Text,
+        apply: |c, v| {
+            c.tls_listen = match v.trim() {
+                "off" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    format!("{v:?} is neither off nor an address like 127.0.0.1:9443")
+                })?),
+            };
+            Ok(())
+        },
+    },
 ];
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -623,6 +664,9 @@ impl Default for Config {
             broker_prefix: String::new(),
             broker_backoff_max: Duration::ZERO,
             broker_timeout: Duration::ZERO,
+            tls_cert: None,
+            tls_key: None,
+            tls_listen: None,
         };
         for s in SETTINGS {
             // The defaults are constants of this file; `tests::defaults_parse` proves them.
@@ -729,6 +773,22 @@ impl Config {
         if self.max_channels_per_connection == 0 {
             return Err(bad("max_channels_per_connection", "must be at least 1"));
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(bad("tls_key", "must be set with tls_cert")),
+            (None, Some(_)) => return Err(bad("tls_cert", "must be set with tls_key")),
+            _ => {}
+        }
+        if let Some(tls) = self.tls_listen {
+            if self.tls_cert.is_none() {
+                return Err(bad("tls_listen", "needs tls_cert and tls_key"));
+            }
+            if tls.port() != 0 && (tls == self.listen || Some(tls) == self.metrics_listen) {
+                return Err(bad(
+                    "tls_listen",
+                    "must differ from listen and metrics_listen",
+                ));
+            }
+        }
         if let Some(api) = self.api_listen {
             if api.port() != 0 && (api == self.listen || Some(api) == self.metrics_listen) {
                 return Err(bad(
@@ -777,6 +837,15 @@ impl Config {
         crate::protocol::session::Limits {
             max_frame_size: self.max_frame_size.min(self.max_message_size),
             max_message_size: self.max_message_size,
+        }
+    }
+
+    /// Loads the certificate pair when TLS is on (`None` when it is off); errors name the file
+    /// and what is wrong with it.
+    pub fn load_tls(&self) -> Result<Option<crate::tls::Certified>, crate::tls::LoadError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::load(cert, key).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -865,6 +934,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     config
         .validate()
         .map_err(|e| ConfigError::new(format!("--{}", e.key.replace('_', "-")), e.message))?;
+    // The certificate and key are read now, so that a bad file stops the start (and
+    // `--check-config`) with its name and the problem.
+    config.load_tls().map_err(|e| ConfigError {
+        file: Some(e.file.clone()),
+        key: e.key.to_string(),
+        message: e.problem,
+    })?;
     Ok(if check {
         Command::Check(Box::new(config))
     } else {

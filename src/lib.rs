@@ -16,6 +16,8 @@
 //!   line.
 //! - [`logging`]: the logger (`RUST_LOG`), with journald priority prefixes under systemd.
 //! - [`rlimit`]: the open-file limit, raised at start and checked against `max_connections`.
+//! - [`tls`]: wss:// — the certificate pair (loaded, checked, reloaded) and one connection's TLS
+//!   layer over the loop's buffers (rustls, unbuffered).
 #![cfg_attr(test, deny(warnings))]
 
 pub mod config;
@@ -26,6 +28,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod rlimit;
 pub mod server;
+pub mod tls;
 
 pub use conn_id::ConnId;
 pub use handler::{Ctx, Echo, Handler, PubSub};

@@ -15,6 +15,8 @@ impl CloseCode {
     pub const POLICY: CloseCode = CloseCode(1008);
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// The server is restarting (IANA registry): a wss:// connection at a live upgrade.
+    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
 
     /// Whether a peer may put this code on the wire (§7.4.1, §7.4.2).
     ///

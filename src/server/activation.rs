@@ -3,7 +3,7 @@
 //! When `$LISTEN_PID` is our pid and `$LISTEN_FDS` ≥ 1, wsd serves the inherited sockets
 //! instead of binding. With `$LISTEN_FDNAMES` (`FileDescriptorName=` in the socket unit), the
 //! socket named `metrics` serves `/metrics`, the one named `api` the publish API, and the one
-//! named `wsd` or `websocket` serves
+//! named `tls` serves wss:// clients, and the one named `wsd` or `websocket` serves
 //! WebSocket clients; an unnamed socket (or one with any other name) serves WebSocket clients
 //! when it is the only candidate. The three variables are removed from the environment once read.
 
@@ -18,6 +18,8 @@ pub const WEBSOCKET_NAMES: [&str; 2] = ["wsd", "websocket"];
 pub const METRICS_NAME: &str = "metrics";
 /// Name of the socket that serves the publish API.
 pub const API_NAME: &str = "api";
+/// Name of the socket that serves wss:// (as `tls_listen` does).
+pub const TLS_NAME: &str = "tls";
 
 /// The listening sockets systemd passed in, by role.
 #[derive(Debug)]
@@ -25,6 +27,7 @@ pub struct Inherited<T = std::net::TcpListener> {
     pub websocket: Option<T>,
     pub metrics: Option<T>,
     pub api: Option<T>,
+    pub tls: Option<T>,
 }
 
 impl<T> Default for Inherited<T> {
@@ -33,6 +36,7 @@ impl<T> Default for Inherited<T> {
             websocket: None,
             metrics: None,
             api: None,
+            tls: None,
         }
     }
 }
@@ -86,6 +90,8 @@ fn assign<T>(sockets: Vec<(String, T)>) -> io::Result<Inherited<T>> {
             &mut roles.metrics
         } else if name == API_NAME {
             &mut roles.api
+        } else if name == TLS_NAME {
+            &mut roles.tls
         } else if WEBSOCKET_NAMES.contains(&name.as_str()) {
             &mut roles.websocket
         } else {
@@ -108,7 +114,8 @@ fn too_many(names: &[String]) -> io::Error {
         format!(
             "socket activation passed more sockets than wsd serves (around {names:?}): wsd \
              serves one WebSocket socket (FileDescriptorName=wsd), one metrics socket \
-             (FileDescriptorName=metrics) and one publish API socket (FileDescriptorName=api)"
+             (FileDescriptorName=metrics), one publish API socket (FileDescriptorName=api) and one \
+             wss:// socket (FileDescriptorName=tls)"
         ),
     )
 }
@@ -181,5 +188,8 @@ mod tests {
         assert!(named(&["", ""]).is_err());
         assert!(named(&["wsd", "other"]).is_err());
         assert!(named(&["metrics", "metrics"]).is_err());
+        let r = named(&["wsd", "tls"]).unwrap();
+        assert_eq!((r.websocket, r.tls), (Some(0), Some(1)));
+        assert!(named(&["tls", "tls"]).is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::protocol::handshake::{self, Reject};
 use crate::protocol::session::{Inflate, Input};
 use crate::protocol::{CloseCode, Event, Role, Session};
 use crate::pubsub::{Delivered, Hub};
+use crate::tls::Tls;
 
 use super::metrics::{Side, Stats};
 use super::upgrade::ConnState;
@@ -99,6 +100,10 @@ pub enum ReadStop {
 /// Shared per-loop buffers: reads land in `read`, output of the connection being served
 /// collects in `cork` and is written with one syscall; only what the socket does not take is
 /// copied to a buffer of the connection's own, taken from `pool` and given back once empty.
+///
+/// TLS connections read ciphertext into `read`, decrypt it into `plain` (which then takes the
+/// place of `read` for the WebSocket layer), and encrypt the cork into `seal` before writing.
+/// Both stay empty while no TLS connection is served.
 pub struct Scratch {
     pub read: Vec<u8>,
     pub cork: Vec<u8>,
@@ -106,6 +111,8 @@ pub struct Scratch {
     /// The loop's one decompressor (permessage-deflate), reset at every message; the one
     /// compressor is the hub's, which compresses fan-out too.
     pub inflater: Inflater,
+    pub plain: Vec<u8>,
+    pub seal: Vec<u8>,
 }
 
 /// What a connection keeps between messages with permessage-deflate context takeover: the
@@ -208,6 +215,8 @@ pub struct Conn {
     /// The address counted against `max_connections_per_ip`, when that limit is on.
     pub ip: Option<IpAddr>,
     pub session: Session,
+    /// The TLS layer of a wss:// connection (boxed: a plain connection pays one pointer).
+    pub tls: Option<Box<Tls>>,
     /// Bytes read but not yet consumed (a partial handshake or frame); empty when idle.
     inbuf: Vec<u8>,
     /// Output the socket has not taken yet, from `out_pos` on; empty when idle.
@@ -234,6 +243,7 @@ impl Conn {
             armed_ms: now_ms,
             ip: None,
             session: Session::new(Role::Server, config.limits(), 0),
+            tls: None,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -271,7 +281,23 @@ impl Conn {
             if self.paused {
                 return ReadStop::Backpressure;
             }
-            let n = match self.sock.read(&mut cx.scratch.read) {
+            // A TLS record that arrived in part goes back in front of the bytes that follow it.
+            let kept = match self.tls.as_mut().map(|t| t.take_pending()) {
+                Some(pending) if !pending.is_empty() => {
+                    cx.scratch.read[..pending.len()].copy_from_slice(&pending);
+                    let kept = pending.len();
+                    cx.scratch.pool.give(pending);
+                    kept
+                }
+                _ => 0,
+            };
+            let read = self.sock.read(&mut cx.scratch.read[kept..]);
+            if kept > 0 && !matches!(read, Ok(n) if n > 0) {
+                if let Some(tls) = &mut self.tls {
+                    tls.keep_pending(&cx.scratch.read[..kept], cx.scratch.pool.take());
+                }
+            }
+            let n = match read {
                 Ok(0) => {
                     self.gone = true;
                     return ReadStop::Drained;
@@ -287,18 +313,76 @@ impl Conn {
             };
             cx.stats.received_bytes += n as u64;
             self.last_read_ms = cx.now_ms;
-            self.consume_read(n, cx, handler);
+            if self.tls.is_some() {
+                self.consume_tls(kept + n, cx, handler);
+            } else {
+                self.consume_read(n, cx, handler);
+            }
             self.flush_cork(cx);
             if self.queued() > cx.config.max_output_buffer && self.phase == Phase::Open {
                 self.paused = true;
                 return ReadStop::Backpressure;
             }
             // A short read emptied the socket; a later arrival raises a new readiness edge.
-            if n < cx.scratch.read.len() && !to_eof {
+            if kept + n < cx.scratch.read.len() && !to_eof {
                 return ReadStop::Drained;
             }
         }
         ReadStop::Budget
+    }
+
+    /// Decrypts `len` bytes of ciphertext from the shared read buffer into the shared plaintext
+    /// buffer, sends what the TLS handshake answers, and processes the plaintext as
+    /// [`Conn::consume_read`] does (with the plaintext buffer in the read buffer's place).
+    fn consume_tls<H: Handler>(&mut self, len: usize, cx: &mut Context<'_>, handler: &mut H) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        let scratch = &mut *cx.scratch;
+        if scratch.plain.len() < scratch.read.len() {
+            scratch.plain.resize(scratch.read.len(), 0);
+        }
+        let was_established = tls.is_established();
+        let decrypted = tls.decrypt(
+            &mut scratch.read[..len],
+            &mut scratch.plain,
+            &mut scratch.seal,
+        );
+        let d = match decrypted {
+            Ok(d) => d,
+            Err(e) => {
+                log::debug!("{}: TLS: {e}", cx.id);
+                if was_established {
+                    cx.stats.tls_errors += 1;
+                } else {
+                    cx.stats.tls_handshake_failures += 1;
+                }
+                scratch.seal.clear();
+                self.failed = true;
+                self.gone = true;
+                return;
+            }
+        };
+        if d.used < len {
+            tls.keep_pending(&scratch.read[d.used..len], scratch.pool.take());
+        }
+        if !was_established && tls.is_established() {
+            cx.stats.tls_handshakes += 1;
+        }
+        // The handshake's answer (or a session ticket) goes out before any plaintext answer.
+        cx.stats.sent_bytes += self.send_seal(cx.scratch) as u64;
+        // Once we finished, input is discarded; it is still decrypted to see the peer's
+        // close_notify, which ends the connection without waiting for its FIN.
+        let closing = matches!(self.phase, Phase::Closing { .. });
+        if d.plain > 0 && !closing {
+            std::mem::swap(&mut cx.scratch.read, &mut cx.scratch.plain);
+            self.consume_read(d.plain, cx, handler);
+            std::mem::swap(&mut cx.scratch.read, &mut cx.scratch.plain);
+        }
+        if d.peer_closed {
+            // close_notify: the TLS equivalent of a FIN.
+            self.gone = true;
+        }
     }
 
     /// Processes `n` fresh bytes from the shared read buffer, in place when nothing is pending.
@@ -364,7 +448,8 @@ impl Conn {
         if agreed.is_some_and(|a| a.keeps_context()) && self.windows.is_none() && pos < data.len() {
             self.windows = Some(Box::default());
         }
-        let out = if self.has_output() {
+        // A TLS connection's output is ciphertext: its plaintext always goes through the cork.
+        let out = if self.has_output() && self.tls.is_none() {
             &mut self.out
         } else {
             &mut cx.scratch.cork
@@ -506,12 +591,18 @@ impl Conn {
         self.phase = Phase::Closing { shut_down: false };
     }
 
-    /// Writes the corked output of this connection; whatever the socket does not take is kept.
+    /// Writes the corked output of this connection (encrypted first over TLS); whatever the
+    /// socket does not take is kept.
     pub fn flush_cork(&mut self, cx: &mut Context<'_>) {
-        let cork = &mut cx.scratch.cork;
-        if cork.is_empty() {
+        if cx.scratch.cork.is_empty() {
             return;
         }
+        if self.tls.is_some() {
+            self.seal_cork(cx.scratch, cx.id);
+            cx.stats.sent_bytes += self.send_seal(cx.scratch) as u64;
+            return;
+        }
+        let cork = &mut cx.scratch.cork;
         if self.has_output() {
             self.out.extend_from_slice(cork);
         } else {
@@ -524,6 +615,42 @@ impl Conn {
             }
         }
         cork.clear();
+    }
+
+    /// Encrypts the cork into the seal buffer and empties it; a connection whose TLS cannot
+    /// write any more is failed.
+    fn seal_cork(&mut self, scratch: &mut Scratch, id: ConnId) {
+        let Some(tls) = &mut self.tls else {
+            return;
+        };
+        if let Err(e) = tls.encrypt(&scratch.cork, &mut scratch.seal) {
+            log::debug!("{id}: TLS: {e}");
+            self.failed = true;
+            self.gone = true;
+        }
+        scratch.cork.clear();
+    }
+
+    /// Writes the seal buffer (ciphertext) after any pending output, keeps what the socket does
+    /// not take, and empties it. Returns the bytes written.
+    fn send_seal(&mut self, scratch: &mut Scratch) -> usize {
+        let seal = &mut scratch.seal;
+        if seal.is_empty() {
+            return 0;
+        }
+        let mut written = 0;
+        if self.has_output() {
+            self.out.extend_from_slice(seal);
+        } else {
+            written = write_some(&mut self.sock, seal, &mut self.gone);
+            if written < seal.len() {
+                self.out = scratch.pool.take();
+                self.out_pos = 0;
+                self.out.extend_from_slice(&seal[written..]);
+            }
+        }
+        seal.clear();
+        written
     }
 
     /// Writes pending output; gives the buffer back once it is all out. Returns the bytes
@@ -549,12 +676,15 @@ impl Conn {
             pool.give(buf);
         }
         self.windows = None;
+        if let Some(tls) = &mut self.tls {
+            pool.give(tls.release());
+        }
     }
 
     /// Queues `write` through the cork (or after pending output) and writes what the socket
     /// takes.
     pub fn emit(&mut self, cx: &mut Context<'_>, write: impl FnOnce(&mut Session, &mut Vec<u8>)) {
-        let out = if self.has_output() {
+        let out = if self.has_output() && self.tls.is_none() {
             &mut self.out
         } else {
             &mut cx.scratch.cork
@@ -568,12 +698,17 @@ impl Conn {
     /// socket does not take copied to the connection's own buffer. A frame the socket took in
     /// part is always kept whole; frames past the bound are dropped (and the connection paused,
     /// which arms its slow-consumer timer).
+    ///
+    /// A TLS connection cannot share the plaintext: the frames that fit within `max_out` are
+    /// gathered in the cork, encrypted for this connection alone (one record per 16 KiB), and
+    /// written like any of its output.
     pub fn deliver(
         &mut self,
         slices: &[IoSlice<'_>],
         max_out: usize,
-        pool: &mut BufPool,
+        scratch: &mut Scratch,
         stats: &mut Stats,
+        id: ConnId,
     ) -> Delivered {
         let mut d = Delivered::default();
         if self.phase != Phase::Open || !self.session.close_state().can_send() || self.gone {
@@ -585,6 +720,24 @@ impl Conn {
             // the next message starts from empty too (always valid, RFC 7692 §7.2.1).
             w.deflate.clear();
         }
+        if self.tls.is_some() {
+            for (i, frame) in slices.iter().enumerate() {
+                // As over ws://, a connection with nothing queued takes a frame of any size.
+                let first = !self.has_output() && scratch.cork.is_empty();
+                if !first && self.queued() + scratch.cork.len() + frame.len() > max_out {
+                    d.dropped = slices.len() - i;
+                    self.paused = true;
+                    break;
+                }
+                scratch.cork.extend_from_slice(frame);
+                d.queued += 1;
+            }
+            self.seal_cork(scratch, id);
+            stats.sent_bytes += self.send_seal(scratch) as u64;
+            stats.messages_sent += d.queued as u64;
+            return d;
+        }
+        let pool = &mut scratch.pool;
         let mut rest = slices;
         if !self.has_output() {
             let written = writev_some(&mut self.sock, slices, &mut self.gone);
@@ -621,6 +774,31 @@ impl Conn {
         }
         stats.messages_sent += d.queued as u64;
         d
+    }
+
+    /// Readies a wss:// connection for a live upgrade, which cannot carry its TLS state (rustls
+    /// does not give its keys back): Close 1012 (Service Restart) and close_notify are queued
+    /// as ciphertext, and the connection moves as a plain one that is closing, with those bytes
+    /// as its output. Returns whether this started a closing handshake.
+    pub fn leave_tls_for_upgrade(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.tls.is_none() {
+            return false;
+        }
+        let mut started = false;
+        if self.phase == Phase::Open && !self.gone {
+            self.emit(cx, |session, out| {
+                started = session.close(CloseCode::SERVICE_RESTART, "service restart", out);
+            });
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut cx.scratch.seal);
+        }
+        cx.stats.sent_bytes += self.send_seal(cx.scratch) as u64;
+        if let Some(mut tls) = self.tls.take() {
+            cx.scratch.pool.give(tls.release());
+        }
+        self.phase = Phase::Closing { shut_down: false };
+        started
     }
 
     /// The connection as plain data for a live upgrade. `remaining`: time left on its timer;
@@ -698,6 +876,7 @@ impl Conn {
             armed_ms: now_ms.wrapping_sub(state.armed_ago_ms),
             ip: state.ip,
             session: Session::import(config.limits(), state.session)?,
+            tls: None,
             inbuf: state.input,
             out: state.output,
             out_pos: 0,
@@ -705,15 +884,23 @@ impl Conn {
         })
     }
 
-    /// Shuts down our sending side once all output is out (Closing phase).
-    pub fn shut_down_when_flushed(&mut self) {
+    /// Shuts down our sending side once all output is out (Closing phase), after a TLS
+    /// connection's close_notify. Returns the bytes written.
+    pub fn shut_down_when_flushed(&mut self, scratch: &mut Scratch) -> usize {
+        let mut written = 0;
         if let Phase::Closing { shut_down: false } = self.phase {
+            let idle = !self.has_output();
+            if let (Some(tls), true) = (&mut self.tls, idle) {
+                tls.close_notify(&mut scratch.seal);
+                written = self.send_seal(scratch);
+            }
             if !self.has_output() {
                 // The peer reads our last bytes, then its FIN (or our timeout) ends this.
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.phase = Phase::Closing { shut_down: true };
             }
         }
+        written
     }
 }
 

@@ -64,6 +64,17 @@ pub struct Stats {
     pub handshake_timeouts: u64,
     /// Connections closed with 1008 because they stayed over `max_output_buffer` too long.
     pub slow_consumer_closes: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (garbage instead of a ClientHello, no common parameters).
+    pub tls_handshake_failures: u64,
+    /// Established TLS connections failed by a bad record.
+    pub tls_errors: u64,
+    /// Certificate reloads (SIGHUP) that took effect, and those that kept the old pair.
+    pub tls_reloads: u64,
+    pub tls_reload_failures: u64,
+    /// The serving certificate's notAfter (Unix seconds), when TLS is on.
+    pub tls_not_after: Option<i64>,
 }
 
 impl Stats {
@@ -329,6 +340,49 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "counter",
             "Publications not sent or not confirmed because the broker was down (never reported as delivered).",
             &[(String::new(), broker.failed)],
+        );
+    }
+    if let Some(not_after) = st.tls_not_after {
+        let tls: [(&str, &str, &str, u64); 5] = [
+            (
+                "wsd_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed.",
+                st.tls_handshakes,
+            ),
+            (
+                "wsd_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed (not TLS, no common parameters, a bad record).",
+                st.tls_handshake_failures,
+            ),
+            (
+                "wsd_tls_errors_total",
+                "counter",
+                "Established TLS connections failed by a bad record.",
+                st.tls_errors,
+            ),
+            (
+                "wsd_tls_reloads_total",
+                "counter",
+                "Certificate reloads (SIGHUP) that took effect.",
+                st.tls_reloads,
+            ),
+            (
+                "wsd_tls_reload_failures_total",
+                "counter",
+                "Certificate reloads that failed and kept the certificate in use.",
+                st.tls_reload_failures,
+            ),
+        ];
+        for (name, kind, help, value) in tls {
+            metric(name, kind, help, &[(String::new(), value)]);
+        }
+        metric(
+            "wsd_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of the certificate new handshakes are served with, in Unix seconds.",
+            &[(String::new(), u64::try_from(not_after).unwrap_or(0))],
         );
     }
     let rejected: Vec<_> = st

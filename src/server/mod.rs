@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -36,6 +36,7 @@ use crate::protocol::handshake::Reject;
 use crate::protocol::{CloseCode, Message};
 use crate::pubsub::remote::Queue;
 use crate::pubsub::{Hub, Job, Publisher};
+use crate::tls::{Certified, Tls};
 
 pub use crate::conn_id::ConnId;
 
@@ -93,6 +94,8 @@ fn loop_ms(started: Instant, now: Instant) -> u32 {
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The signal pipe's token (`usize::MAX` itself is reserved by mio).
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The wss:// listener's token (`tls_listen`), below every other reserved range.
+const TLS_LISTENER: Token = Token(broker::BROKER_START - 1);
 /// Size of the loop's one shared read buffer; every connection reads into it. Large enough that
 /// a 64 KiB frame and its header land whole and are handled in place, without a copy.
 const READ_BUF_SIZE: usize = 256 * 1024;
@@ -156,21 +159,33 @@ pub struct Server {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     api: Option<TcpListener>,
+    /// The separate wss:// listener (`tls_listen`).
+    tls_listener: Option<TcpListener>,
+    /// The certificate pair, when TLS is on.
+    certified: Option<Certified>,
     /// Connections handed over by the process this one replaces (a live upgrade).
     handover: Option<Handover>,
 }
 
+/// Listeners systemd (or the process this one replaces) passed in besides the WebSocket one.
+#[derive(Default)]
+struct Sides {
+    metrics: Option<TcpListener>,
+    api: Option<TcpListener>,
+    tls: Option<TcpListener>,
+}
+
 impl Server {
-    /// Binds `config.listen` (and `metrics_listen`, `api_listen` if set).
+    /// Binds `config.listen` (and `metrics_listen`, `api_listen`, `tls_listen` if set).
     pub fn bind(config: Config) -> io::Result<Server> {
         let listener = bind(config.listen, config.listen_backlog, config.reuse_port)?;
-        Server::new(config, listener, None, None)
+        Server::new(config, listener, Sides::default())
     }
 
-    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`
-    /// and `api_listen`.
+    /// Serves an already bound listening socket (tests, embedding); binds `metrics_listen`,
+    /// `api_listen` and `tls_listen`.
     pub fn from_listener(config: Config, listener: std::net::TcpListener) -> io::Result<Server> {
-        Server::new(config, nonblocking(listener)?, None, None)
+        Server::new(config, nonblocking(listener)?, Sides::default())
     }
 
     /// Serves the listening sockets systemd passed in (socket activation), binding the
@@ -185,13 +200,16 @@ impl Server {
             return Server::from_handover(config, handover);
         }
         let inherited = activation::take()?;
-        let metrics = inherited.metrics.map(nonblocking).transpose()?;
-        let api = inherited.api.map(nonblocking).transpose()?;
+        let sides = Sides {
+            metrics: inherited.metrics.map(nonblocking).transpose()?,
+            api: inherited.api.map(nonblocking).transpose()?,
+            tls: inherited.tls.map(nonblocking).transpose()?,
+        };
         let listener = match inherited.websocket {
             Some(l) => nonblocking(l)?,
             None => bind(config.listen, config.listen_backlog, config.reuse_port)?,
         };
-        Server::new(config, listener, metrics, api)
+        Server::new(config, listener, sides)
     }
 
     /// Serves what the replaced process handed over: its listeners and connections.
@@ -217,19 +235,36 @@ impl Server {
             .has_api
             .then(&mut next_listener)
             .transpose()?;
+        let tls = handover
+            .state
+            .has_tls
+            .then(&mut next_listener)
+            .transpose()?;
         handover.fds = fds.collect();
-        let mut server = Server::new(config, listener, metrics, api)?;
+        let sides = Sides { metrics, api, tls };
+        let mut server = Server::new(config, listener, sides)?;
         server.handover = Some(handover);
         Ok(server)
     }
 
-    /// Binds what was not passed in, and makes the poll and the publishers' queue.
-    fn new(
-        config: Config,
-        listener: TcpListener,
-        metrics: Option<TcpListener>,
-        api: Option<TcpListener>,
-    ) -> io::Result<Server> {
+    /// Binds what was not passed in, loads the certificate, and makes the poll and the
+    /// publishers' queue.
+    fn new(config: Config, listener: TcpListener, sides: Sides) -> io::Result<Server> {
+        let Sides { metrics, api, tls } = sides;
+        let certified = config
+            .load_tls()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls_listener = match (tls, config.tls_listen) {
+            (Some(l), _) if certified.is_some() => Some(l),
+            (Some(_), _) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "socket activation passed a socket named tls, but tls_cert is not set",
+                ))
+            }
+            (None, Some(addr)) => Some(bind(addr, config.listen_backlog, config.reuse_port)?),
+            (None, None) => None,
+        };
         let metrics = match metrics {
             Some(l) => Some(l),
             None => bind_side(config.metrics_listen, false)?,
@@ -247,12 +282,22 @@ impl Server {
             listener,
             metrics,
             api,
+            tls_listener,
+            certified,
             handover: None,
         })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address wss:// clients connect to, when TLS is on: `tls_listen`, or `listen` itself.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        match &self.tls_listener {
+            Some(l) => l.local_addr().ok(),
+            None => self.certified.as_ref().and(self.listener.local_addr().ok()),
+        }
     }
 
     /// The publish API's address, when it is on.
@@ -324,6 +369,11 @@ struct EventLoop<H> {
     config: Config,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// Whether `listener` serves wss:// (TLS on without a separate `tls_listen`).
+    listener_tls: bool,
+    tls_listener: Option<TcpListener>,
+    /// The certificate pair new TLS handshakes are served with (SIGHUP replaces it).
+    certified: Option<Certified>,
     signals: Signals,
     conns: Slab<Conn>,
     handler: H,
@@ -372,18 +422,44 @@ impl<H: Handler> EventLoop<H> {
             mut listener,
             metrics,
             api,
+            mut tls_listener,
+            certified,
             handover,
         } = server;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+        if let Some(l) = &mut tls_listener {
+            poll.registry()
+                .register(l, TLS_LISTENER, Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let listener_tls = certified.is_some() && tls_listener.is_none();
         log::info!(
-            "listening on {} (max {} connections)",
+            "listening on {} ({}, max {} connections)",
             listener.local_addr()?,
+            if listener_tls { "wss://" } else { "ws://" },
             config.max_connections
         );
+        if let Some(l) = &tls_listener {
+            log::info!("listening for wss:// on {}", l.local_addr()?);
+        }
+        if let Some(c) = &certified {
+            log::info!(
+                "TLS: serving {} (expires at {} Unix time)",
+                config
+                    .tls_cert
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display(),
+                c.not_after
+            );
+        }
+        let stats = Stats {
+            tls_not_after: certified.as_ref().map(|c| c.not_after),
+            ..Stats::default()
+        };
         let metrics = Metrics::new(metrics, poll.registry())?;
         let api = Api::new(api, poll.registry())?;
         let now = Instant::now();
@@ -410,6 +486,9 @@ impl<H: Handler> EventLoop<H> {
             config,
             poll,
             listener: Some(listener),
+            listener_tls,
+            tls_listener,
+            certified,
             signals,
             handler,
             scratch: Scratch {
@@ -417,6 +496,8 @@ impl<H: Handler> EventLoop<H> {
                 cork: Vec::with_capacity(READ_BUF_SIZE),
                 pool: BufPool::default(),
                 inflater: Default::default(),
+                plain: Vec::new(),
+                seal: Vec::new(),
             },
             wheel: Wheel::new(now),
             due: Vec::new(),
@@ -426,7 +507,7 @@ impl<H: Handler> EventLoop<H> {
             drain: None,
             started: now,
             now,
-            stats: Stats::default(),
+            stats,
             metrics,
             notify: Notifier::from_env(),
             pacer: Pacer::default(),
@@ -531,7 +612,8 @@ impl<H: Handler> EventLoop<H> {
             self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     SIGNALS => {
                         if self.on_signals() {
                             log::warn!(
@@ -607,9 +689,16 @@ impl<H: Handler> EventLoop<H> {
         loop_ms(self.started, self.now)
     }
 
-    fn accept(&mut self) {
+    /// Accepts from the `listen` socket, or from `tls_listen` when `tls_listen` is set.
+    fn accept(&mut self, from_tls_listener: bool) {
+        let tls = from_tls_listener || self.listener_tls;
         loop {
-            let Some(listener) = &self.listener else {
+            let listener = if from_tls_listener {
+                &self.tls_listener
+            } else {
+                &self.listener
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (sock, peer) = match listener.accept() {
@@ -633,14 +722,36 @@ impl<H: Handler> EventLoop<H> {
             } else {
                 None
             };
-            self.admit(sock, peer, refusal);
+            self.admit(sock, peer, refusal, tls);
         }
     }
 
     /// Puts a new connection in the slab: to be served, or to be told `refusal` and closed
     /// (it stays until the client has read the answer, so the status is never lost to a reset).
-    fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr, refusal: Option<Reject>) {
+    ///
+    /// A wss:// connection that is refused is closed at once: its answer would need a whole TLS
+    /// handshake, the very work a full server must not take on.
+    fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr, refusal: Option<Reject>, tls: bool) {
         let now_ms = self.now_ms();
+        let tls = match (tls, &self.certified) {
+            (false, _) => None,
+            (true, Some(_)) if refusal.is_some() => {
+                self.stats.accepted += 1;
+                if let Some(reject) = refusal {
+                    log::debug!("{peer}: refused (wss://, closed): {}", reject.detail());
+                    self.stats.rejected(reject.status());
+                }
+                return;
+            }
+            (true, Some(c)) => match Tls::new(Arc::clone(&c.config)) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    log::warn!("{peer}: cannot start TLS: {e}");
+                    return;
+                }
+            },
+            (true, None) => return,
+        };
         let entry = self.conns.vacant_entry();
         let id = ConnId(entry.key());
         // Registered once for both directions, edge-triggered: no re-registration as a
@@ -654,6 +765,7 @@ impl<H: Handler> EventLoop<H> {
             return;
         }
         let mut conn = Conn::new(sock, &self.config, now_ms);
+        conn.tls = tls;
         self.stats.accepted += 1;
         if let Some(reject) = refusal {
             log::debug!("{peer}: refused: {}", reject.detail());
@@ -681,9 +793,12 @@ impl<H: Handler> EventLoop<H> {
         let mut received = 0;
         let mut reload = false;
         let pending: Vec<i32> = self.signals.pending().collect();
+        let mut reload_tls = false;
         for signal in pending {
             log::info!("received signal {signal}");
-            if signal == SIGUSR2 {
+            if signal == SIGHUP {
+                reload_tls = true;
+            } else if signal == SIGUSR2 {
                 reload = true;
             } else {
                 received += 1;
@@ -691,6 +806,9 @@ impl<H: Handler> EventLoop<H> {
         }
         if reload {
             self.start_reload();
+        }
+        if reload_tls {
+            self.reload_tls();
         }
         if received == 0 {
             return false; // A spurious wakeup, or a reload.
@@ -702,9 +820,66 @@ impl<H: Handler> EventLoop<H> {
         false
     }
 
+    /// A live upgrade is handing over: wss:// connections cannot move their TLS state, so each
+    /// gets Close 1012 (Service Restart) and close_notify, and moves as a closing connection
+    /// with `close_timeout` to finish.
+    fn leave_tls_for_upgrade(&mut self) {
+        let ids: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tls.is_some())
+            .map(|(key, _)| key)
+            .collect();
+        for &key in &ids {
+            let id = ConnId(key);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let mut cx = context!(self, id);
+            if conn.leave_tls_for_upgrade(&mut cx) {
+                cx.stats.closed(Side::Server, CloseCode::SERVICE_RESTART.0);
+            }
+            self.arm(id, Timer::Close, Some(self.config.close_timeout));
+        }
+        if !ids.is_empty() {
+            log::info!(
+                "live upgrade: {} wss:// connections closed with 1012 (TLS state cannot move)",
+                ids.len()
+            );
+        }
+    }
+
+    /// SIGHUP: loads the certificate pair again for the handshakes to come; open connections
+    /// keep the keys they have. A pair that does not load leaves the one in use.
+    fn reload_tls(&mut self) {
+        if self.certified.is_none() {
+            log::info!("SIGHUP: TLS is off, nothing to reload");
+            return;
+        }
+        match self.config.load_tls() {
+            Ok(Some(c)) => {
+                log::info!(
+                    "TLS: reloaded the certificate (expires at {} Unix time)",
+                    c.not_after
+                );
+                self.stats.tls_not_after = Some(c.not_after);
+                self.stats.tls_reloads += 1;
+                self.certified = Some(c);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("TLS: reload failed, still serving the previous certificate: {e}");
+                self.stats.tls_reload_failures += 1;
+            }
+        }
+    }
+
     fn start_drain(&mut self) {
         self.abort_reload("a drain began");
         if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        if let Some(mut listener) = self.tls_listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.api.stop_accepting(self.poll.registry());
@@ -794,6 +969,13 @@ impl<H: Handler> EventLoop<H> {
         };
         let mut cx = context!(self, id);
         match conn.phase {
+            Phase::Handshake if conn.tls.as_ref().is_some_and(|t| !t.is_established()) => {
+                // No TLS yet to carry a 503 in: the handshake is cut short.
+                conn.gone = true;
+                if let Some(drain) = &mut self.drain {
+                    drain.report.refused += 1;
+                }
+            }
             Phase::Handshake => {
                 conn.reject(Reject::Unavailable, &mut cx);
                 conn.flush_cork(&mut cx);
@@ -867,6 +1049,11 @@ impl<H: Handler> EventLoop<H> {
             conn.phase = Phase::Closing { shut_down: false };
         }
         let state = conn.session.close_state();
+        if conn.phase == Phase::Open && state.is_finished() && conn.tls.is_some() {
+            // Over TLS the close_notify follows the Close frames, then our FIN; the peer's FIN
+            // (or close_timeout) ends the connection, so that it reads them all.
+            conn.phase = Phase::Closing { shut_down: false };
+        }
         if conn.phase == Phase::Open && state.is_finished() && !conn.has_output() {
             // §7.1.1: once both Close frames are exchanged the server closes TCP first.
             return self.remove(id, Ending::Clean);
@@ -879,7 +1066,7 @@ impl<H: Handler> EventLoop<H> {
             };
             return self.remove(id, ending);
         }
-        conn.shut_down_when_flushed();
+        self.stats.sent_bytes += conn.shut_down_when_flushed(&mut self.scratch) as u64;
         let want = match (conn.phase, state) {
             (Phase::Handshake, _) => Timer::Handshake,
             (Phase::Open, CloseState::Open) if conn.paused => Timer::SlowConsumer,
@@ -1105,7 +1292,7 @@ impl<H: Handler> EventLoop<H> {
                 let Some(conn) = conns.get_mut(id.0) else {
                     return Default::default();
                 };
-                let d = conn.deliver(slices, max_out, &mut scratch.pool, stats);
+                let d = conn.deliver(slices, max_out, scratch, stats, id);
                 if conn.gone || d.dropped > 0 {
                     touched.push(id);
                 }

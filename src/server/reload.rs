@@ -150,12 +150,16 @@ impl<H: Handler> EventLoop<H> {
         fds.push(listener.as_raw_fd());
         let metrics = self.metrics.listener_fd();
         let api = self.api.listener_fd();
+        let tls = self.tls_listener.as_ref().map(|l| l.as_raw_fd());
         fds.extend(metrics);
         fds.extend(api);
+        fds.extend(tls);
+        self.leave_tls_for_upgrade();
         let now_ms = self.now_ms();
         let mut state = State {
             has_metrics: metrics.is_some(),
             has_api: api.is_some(),
+            has_tls: tls.is_some(),
             ..State::default()
         };
         for (key, conn) in self.conns.iter() {

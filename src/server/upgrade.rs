@@ -90,12 +90,15 @@ pub struct ApiConnState {
 pub struct State {
     pub has_metrics: bool,
     pub has_api: bool,
+    /// The separate wss:// listener (`tls_listen`) travels after the API listener. (A flag bit
+    /// that version-1 states leave at zero, so they read the same.)
+    pub has_tls: bool,
     pub conns: Vec<ConnState>,
     pub api_conns: Vec<ApiConnState>,
 }
 
 /// What the new process receives: the state and the descriptors, in order (the WebSocket
-/// listener, the metrics and API listeners when present, each connection, each API
+/// listener, the metrics, API and wss:// listeners when present, each connection, each API
 /// connection).
 pub struct Handover {
     pub state: State,
@@ -190,7 +193,7 @@ pub fn encode(state: &State) -> Vec<u8> {
     let mut w = Writer(Vec::new());
     w.0.extend_from_slice(MAGIC);
     w.u32(STATE_VERSION);
-    w.u8(u8::from(state.has_metrics) | u8::from(state.has_api) << 1);
+    w.u8(u8::from(state.has_metrics) | u8::from(state.has_api) << 1 | u8::from(state.has_tls) << 2);
     w.u64(state.conns.len() as u64);
     for c in &state.conns {
         w.u8(c.phase);
@@ -276,6 +279,7 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     let mut state = State {
         has_metrics: flags & 1 != 0,
         has_api: flags & 2 != 0,
+        has_tls: flags & 4 != 0,
         ..State::default()
     };
     let n = r.u64()?;
@@ -611,6 +615,7 @@ pub fn take_over() -> Result<Option<Handover>, String> {
     let expected = 1
         + usize::from(state.has_metrics)
         + usize::from(state.has_api)
+        + usize::from(state.has_tls)
         + state.conns.len()
         + state.api_conns.len();
     if fds.len() != expected {
@@ -649,6 +654,7 @@ mod tests {
         State {
             has_metrics: true,
             has_api: false,
+            has_tls: true,
             conns: vec![ConnState {
                 phase: 1,
                 timer: 2,

@@ -93,6 +93,7 @@ impl Drop for Wsd {
 }
 
 pub mod redis;
+pub mod tls;
 
 pub type Client = tungstenite::WebSocket<TcpStream>;
 

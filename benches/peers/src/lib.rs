@@ -1,6 +1,8 @@
-//! Shared bits of the peer servers: the listen addresses from the command line.
+//! Shared bits of the peer servers: the listen addresses (and for the TLS peer the certificate
+//! files) from the command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// `--listen ADDR` (default 127.0.0.1:9002), the only flag the echo peers take.
 pub fn listen_addr() -> SocketAddr {
@@ -31,4 +33,24 @@ pub fn listen_addrs(api: bool) -> (SocketAddr, Option<SocketAddr>) {
         }
     }
     (addr, api_addr)
+}
+
+/// `--listen ADDR --cert PEM --key PEM`, the TLS peer's flags.
+pub fn tls_args() -> (SocketAddr, PathBuf, PathBuf) {
+    let mut args = std::env::args().skip(1);
+    let (mut addr, mut cert, mut key) = ("127.0.0.1:9002".to_string(), None, None);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => addr = value(),
+            "--cert" => cert = Some(PathBuf::from(value())),
+            "--key" => key = Some(PathBuf::from(value())),
+            other => panic!("unknown argument {other:?}; usage: --listen ADDR --cert PEM --key PEM"),
+        }
+    }
+    (
+        addr.parse().expect("--listen: not an address like 127.0.0.1:9002"),
+        cert.expect("--cert PEM is required"),
+        key.expect("--key PEM is required"),
+    )
 }

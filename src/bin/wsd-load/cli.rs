@@ -96,6 +96,11 @@ pub struct Options {
     pub deflate: bool,
     /// idle: messages (of `size` bytes) each connection echoes once open, before it idles.
     pub idle_messages: u64,
+    /// wss://: the TLS client configuration, and the name the certificate must carry.
+    pub tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// Spread the connections over this many channel paths, `<url path>/<prefix><k>` for
     /// connection `i` with `k = i % channels` (None: every connection uses the URL's path).
     pub channels: Option<usize>,
@@ -123,7 +128,7 @@ pub enum Command {
 pub const USAGE: &str = "\
 wsd-load: a WebSocket load generator (echo, idle, drain and pubsub modes)
 
-usage: wsd-load MODE --url ws://HOST:PORT/PATH [OPTIONS]
+usage: wsd-load MODE --url ws[s]://HOST:PORT/PATH [OPTIONS]
 
 modes:
   echo     N connections send messages of S bytes and verify every echo byte for byte;
@@ -138,7 +143,10 @@ modes:
            timed from publish to delivery; reports publications/s, deliveries/s, latency
 
 common options:
-  --url URL                 server to connect to (ws:// only)           [ws://127.0.0.1:9001/]
+  --url URL                 server to connect to (ws:// or wss://)       [ws://127.0.0.1:9001/]
+  --tls                     TLS even with a ws:// URL (as wss://)
+  --ca FILE                 PEM CA certificates to trust over TLS        [/etc/ssl/certs/ca-certificates.crt]
+  --insecure                accept any server certificate (a self-signed test one)
   -c, --connections N       connections                                  [1]
   --threads N               client threads, one mio loop each            [1]
   --src A[-B]               bind source addresses A..=B round-robin (IPv4), e.g.
@@ -250,6 +258,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         no_answer_fraction: 0.0,
         server_pids: Vec::new(),
         interval: None,
+        tls: None,
         channels: None,
         channel_prefix: DEFAULT_CHANNEL_PREFIX.into(),
         publish: Publish::Ws,
@@ -260,6 +269,9 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         pub_rate: None,
         window: DEFAULT_WINDOW,
     };
+    let mut tls = false;
+    let mut insecure = false;
+    let mut ca = std::path::PathBuf::from(crate::tls::SYSTEM_CA_BUNDLE);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
@@ -267,6 +279,9 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--url" => url = value()?,
+            "--tls" => tls = true,
+            "--insecure" => insecure = true,
+            "--ca" => ca = value()?.into(),
             "-c" | "--connections" => o.connections = parse_count(&value()?)?,
             "--threads" => o.threads = parse_count(&value()?)?,
             "--src" => o.src = parse_src(&value()?)?,
@@ -333,7 +348,11 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
     }
-    let (addr, host, path) = parse_url(&url)?;
+    let (addr, host, path, wss) = parse_url(&url)?;
+    if tls || wss {
+        let config = crate::tls::client_config(&ca, insecure)?;
+        o.tls = Some((config, crate::tls::server_name(&host)?));
+    }
     o.addr = addr;
     o.host = host;
     o.path = path;
@@ -460,16 +479,23 @@ fn parse_http_url(url: &str) -> Result<(SocketAddr, String), String> {
     if authority.contains('/') {
         return Err(format!("--publish-api {url:?}: give only http://HOST:PORT"));
     }
-    let (addr, host, _) = parse_url(&format!("ws://{authority}/"))
+    let (addr, host, _, _) = parse_url(&format!("ws://{authority}/"))
         .map_err(|e| e.replace("--url", "--publish-api"))?;
     Ok((addr, host))
 }
 
-/// `ws://host:port/path` → the address to connect to, the `Host` header and the path.
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("--url {url:?}: only ws:// URLs are supported"))?;
+/// `ws://host:port/path` → the address to connect to, the `Host` header, the path, and whether
+/// the URL is wss://.
+fn parse_url(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, wss) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            return Err(format!(
+                "--url {url:?}: only ws:// and wss:// URLs are supported"
+            ))
+        }
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -480,14 +506,14 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if wss { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("--url {url:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("--url {url:?}: no address"))?;
-    Ok((addr, authority.to_string(), path.to_string()))
+    Ok((addr, authority.to_string(), path.to_string(), wss))
 }
 
 /// `127.0.0.2-127.0.0.200` (inclusive) or a single address.

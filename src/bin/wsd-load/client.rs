@@ -144,6 +144,8 @@ impl Template {
 pub struct Client {
     /// None once ended (dropping the socket closes it and leaves epoll).
     pub sock: Option<TcpStream>,
+    /// The TLS layer of a wss:// connection.
+    pub tls: Option<Box<rustls::ClientConnection>>,
     pub state: State,
     session: Session,
     key: [u8; 24],
@@ -212,6 +214,7 @@ impl Client {
         };
         Client {
             sock,
+            tls: None,
             state: State::Connecting,
             session: Session::new(Role::Client, limits, key_seed),
             key: handshake::client_key(nonce),
@@ -243,7 +246,7 @@ impl Client {
     }
 
     pub fn has_output(&self) -> bool {
-        self.out_sent < self.out.len()
+        self.out_sent < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// The TCP connect finished (writable): queue the upgrade request for `path`. `Ok(false)`
@@ -298,7 +301,12 @@ impl Client {
                 return outcome;
             };
             let room = self.input.len() - self.in_len;
-            match sock.read(&mut self.input[self.in_len..]) {
+            let buf = &mut self.input[self.in_len..];
+            let read = match self.tls.as_mut() {
+                Some(tls) => crate::tls::read(tls, sock, buf),
+                None => sock.read(buf),
+            };
+            match read {
                 Ok(0) => {
                     outcome.end = Some(End::Eof);
                     return outcome;
@@ -307,7 +315,9 @@ impl Client {
                     self.in_len += n;
                     let now = Instant::now();
                     self.consume(check, latency, now, &mut outcome, codec);
-                    let drained = n < room && !to_eof && self.state != State::Closing;
+                    // Over TLS a short read says nothing of the socket: read to WouldBlock.
+                    let drained =
+                        n < room && !to_eof && self.state != State::Closing && self.tls.is_none();
                     if outcome.end.is_some() || drained {
                         return outcome;
                     }
@@ -484,8 +494,20 @@ impl Client {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(false);
         };
+        if let Some(tls) = self.tls.as_mut() {
+            crate::tls::write_tls(tls, sock).map_err(|_| End::Reset)?;
+        }
         while self.out_sent < self.out.len() {
-            match sock.write(&self.out[self.out_sent..]) {
+            let rest = &self.out[self.out_sent..];
+            let written = match self.tls.as_mut() {
+                Some(tls) => match crate::tls::write(tls, sock, rest) {
+                    // rustls holds as much as its limit allows; the rest waits for the socket.
+                    Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                    other => other,
+                },
+                None => sock.write(rest),
+            };
+            match written {
                 Ok(0) => return Err(End::Reset),
                 Ok(n) => self.out_sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
@@ -495,7 +517,7 @@ impl Client {
         }
         self.out.clear();
         self.out_sent = 0;
-        Ok(false)
+        Ok(self.tls.as_ref().is_some_and(|t| t.wants_write()))
     }
 }
 

@@ -16,6 +16,7 @@ mod payload;
 mod report;
 mod stall;
 mod sys;
+mod tls;
 mod worker;
 
 use std::io::{IsTerminal, Write};

@@ -473,6 +473,17 @@ impl Worker {
             return;
         }
         let mut c = Client::new(Some(sock), now, seed, input, output, pipeline, max_message);
+        if let Some((config, name)) = &self.opts.tls {
+            match rustls::ClientConnection::new(std::sync::Arc::clone(config), name.clone()) {
+                Ok(tls) => c.tls = Some(Box::new(tls)),
+                Err(e) => {
+                    eprintln!("wsd-load: TLS: {e}");
+                    self.stats.refused += 1;
+                    self.clients.push(ended_placeholder(now));
+                    return;
+                }
+            }
+        }
         c.deadline = Some(now + self.opts.timeout);
         c.silent = self.is_silent(global);
         if c.silent {
