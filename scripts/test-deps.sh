@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests start themselves (Debian's): redis-server for the
-# broker tests. Does nothing when they are present.
+# broker tests, chromium for the browser tests (tests/tls.rs runs it over wss://). Does nothing
+# when they are present.
 # Usage: bash scripts/test-deps.sh
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test-deps: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

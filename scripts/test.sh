@@ -17,7 +17,7 @@ bash scripts/readme-check.sh
 echo "== systemd units: systemd-analyze verify and the security rating"
 bash scripts/check-units.sh
 
-echo "== test dependencies (redis-server)"
+echo "== test dependencies (redis-server, chromium)"
 bash scripts/test-deps.sh
 
 echo "== unit and integration tests (release: timing checks measure the server, not a debug build)"
