@@ -21,6 +21,9 @@ echo "== test dependencies (redis-server, chromium)"
 bash scripts/test-deps.sh
 
 echo "== unit and integration tests (release: timing checks measure the server, not a debug build)"
+# The examples as programs (tests/example_chat.rs runs one); `cargo test` builds them as
+# test harnesses, which do not run their `main`.
+cargo build --release --examples
 cargo test --release --all-targets
 
 echo "== Debian package: contents, install and upgrade, a live upgrade of a running wsd"

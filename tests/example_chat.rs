@@ -11,35 +11,22 @@ use std::process::{Command, Stdio};
 use common::{Client, WAIT};
 use tungstenite::Message;
 
-/// The example's binary, built by `cargo test --all-targets` beside this test's own (as
-/// `examples/chat-HASH`) or by `cargo build --example chat` (as `examples/chat`).
+/// The example's binary, built by `cargo build --release --examples` (the test command does
+/// that first: `cargo test` builds examples as test harnesses, which do not run `main`).
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
+    let bin = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
-        .join("examples");
-    let plain = dir.join("chat");
-    if plain.exists() {
-        return plain;
-    }
-    let hashed = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("chat-") && !name.contains('.')
-        })
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    hashed.unwrap_or_else(|| {
-        panic!(
-            "no chat example in {}: run the tests with `cargo test --all-targets`",
-            dir.display()
-        )
-    })
+        .join("examples")
+        .join("chat");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release --examples` before the tests",
+        bin.display()
+    );
+    bin
 }
 
 fn join(addr: &str, name: &str) -> Client {
