@@ -59,15 +59,22 @@ check_mode() {
 
     local url="http://127.0.0.1:$page_port/deflate.html?ws=ws://127.0.0.1:$ws_port/"
     echo "== compression = $mode: chromium --headless --dump-dom $url"
-    # --virtual-time-budget lets the page's WebSocket exchange finish before the DOM is dumped.
-    timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
-        --disable-background-networking --disable-component-update --disable-sync \
-        --user-data-dir="$tmp/profile-$mode" --virtual-time-budget=10000 \
-        --dump-dom "$url" >"$tmp/dom-$mode.html" 2>"$tmp/chromium-$mode.log" || {
-        tail -n 20 "$tmp/chromium-$mode.log" >&2
-        echo "chromium-check: chromium failed" >&2
-        return 1
-    }
+    # --virtual-time-budget lets the page's WebSocket exchange finish before the DOM is dumped;
+    # virtual time does not wait for the network, so a slow start can dump a page still
+    # "pending": that is tried again (at most 3 times), a wrong result is not.
+    local attempt
+    for attempt in 1 2 3; do
+        timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+            --disable-background-networking --disable-component-update --disable-sync \
+            --user-data-dir="$tmp/profile-$mode-$attempt" --virtual-time-budget=10000 \
+            --dump-dom "$url" >"$tmp/dom-$mode.html" 2>"$tmp/chromium-$mode.log" || {
+            tail -n 20 "$tmp/chromium-$mode.log" >&2
+            echo "chromium-check: chromium failed" >&2
+            return 1
+        }
+        grep -q '<pre id="result">pending</pre>' "$tmp/dom-$mode.html" || break
+        echo "page still pending after attempt $attempt; again"
+    done
     local extensions result metrics out_msgs in_msgs failed=0
     extensions="$(sed -n 's/.*<pre id="extensions">\(.*\)<\/pre>.*/\1/p' "$tmp/dom-$mode.html")"
     result="$(sed -n 's/.*<pre id="result">\(.*\)<\/pre>.*/\1/p' "$tmp/dom-$mode.html")"
