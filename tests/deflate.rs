@@ -313,21 +313,6 @@ fn fan_out_compresses_once_for_mixed_subscribers() {
     assert_eq!(m["wsd_deliveries_total"], 7.0);
 }
 
-/// The pid of the process serving `metrics` (from `wsd_build_info`).
-fn serving_pid(metrics: SocketAddr) -> i32 {
-    let m = scrape(metrics);
-    let key = m
-        .keys()
-        .find(|k| k.starts_with("wsd_build_info"))
-        .expect("wsd_build_info")
-        .clone();
-    key.split("pid=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a pid label")
-}
-
 /// Context takeover survives a live upgrade: the windows of both directions and a compressed
 /// message cut mid-fragment move to the new process, whose next echo refers back into them.
 #[test]
@@ -355,11 +340,11 @@ fn context_windows_cross_a_live_upgrade() {
             let (a, b) = z.split_at(z.len() / 2);
             s.write_all(&zframe(false, 1, a)).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(100));
-            let pid = serving_pid(wsd.metrics_addr());
+            let pid = common::serving_pid(wsd.metrics_addr());
             // SAFETY: kill(2) with a pid read from the server itself.
             assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
             assert!(wsd.wait_for_log_count("live upgrade: resumed", 1));
-            assert_ne!(serving_pid(wsd.metrics_addr()), pid);
+            assert_ne!(common::serving_pid(wsd.metrics_addr()), pid);
             s.write_all(&frame(true, 0, b)).unwrap();
         } else {
             s.write_all(&zframe(true, 1, &z)).unwrap();

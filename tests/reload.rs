@@ -13,32 +13,17 @@ use std::time::{Duration, Instant};
 
 use common::{frame, read_frame, read_http_head, scrape, upgrade_request, wsd_command, Wsd, WAIT};
 
-/// The pid of the process serving `metrics` (from `wsd_build_info`).
-fn serving_pid(metrics: SocketAddr) -> u32 {
-    let m = scrape(metrics);
-    let key = m
-        .keys()
-        .find(|k| k.starts_with("wsd_build_info"))
-        .expect("wsd_build_info")
-        .clone();
-    key.split("pid=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a pid label")
-}
-
 /// Sends SIGUSR2 and waits for the new process to resume; returns its pid.
-fn reload(wsd: &Wsd, nth: usize) -> u32 {
-    let pid = serving_pid(wsd.metrics_addr());
+fn reload(wsd: &Wsd, nth: usize) -> i32 {
+    let pid = common::serving_pid(wsd.metrics_addr());
     // SAFETY: kill(2) with a pid read from the server itself.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     assert!(
         wsd.wait_for_log_count("live upgrade: resumed", nth),
         "no resume: {:?}",
         wsd.logs()
     );
-    let new = serving_pid(wsd.metrics_addr());
+    let new = common::serving_pid(wsd.metrics_addr());
     assert_ne!(new, pid, "a new process serves");
     new
 }
@@ -70,7 +55,7 @@ fn every_connection_completes_mid_message_in_the_new_process() {
     let wsd = start(&["--max-output-buffer", "64MiB"]);
     let addr = wsd.addr;
     let request = upgrade_request("/");
-    let old = serving_pid(wsd.metrics_addr());
+    let old = common::serving_pid(wsd.metrics_addr());
 
     // A partial frame: header and half the payload.
     let mut partial = upgraded(addr);
@@ -226,7 +211,7 @@ fn failed_reloads_leave_the_old_process_serving() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let wsd = Wsd::spawn(cmd);
-    let pid = wsd.pid() as u32;
+    let pid = wsd.pid();
     let mut s = upgraded(wsd.addr);
     echo_works(&mut s, "before");
 
@@ -245,7 +230,7 @@ fn failed_reloads_leave_the_old_process_serving() {
     send_reload_and_wait_failure(&wsd, 3);
     echo_works(&mut s, "after a binary that exits");
     assert_eq!(
-        serving_pid(wsd.metrics_addr()),
+        common::serving_pid(wsd.metrics_addr()),
         pid,
         "the old process still serves"
     );
@@ -259,12 +244,12 @@ fn a_reload_during_a_drain_is_refused_and_sigterm_after_a_reload_drains() {
     let new = reload(&wsd, 1);
     // SIGTERM right after a reload drains the new process normally.
     // SAFETY: kill(2) with the pid the server reports.
-    assert_eq!(unsafe { libc::kill(new as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(new, libc::SIGTERM) }, 0);
     let close = read_frame(&mut s).unwrap();
     assert_eq!(close.close_code(), Some(1001));
     // A reload while it drains (the client has not answered yet) is refused.
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(new as i32, libc::SIGUSR2) }, 0);
+    assert_eq!(unsafe { libc::kill(new, libc::SIGUSR2) }, 0);
     assert!(wsd.wait_for_log("reload refused: draining").is_some());
     s.write_all(&frame(true, 8, &1001u16.to_be_bytes()))
         .unwrap();

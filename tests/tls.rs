@@ -515,21 +515,6 @@ fn a_python_websockets_subscriber_gets_publications_over_tls() {
     assert!(lines.next().unwrap().starts_with("binary b'xxxx"));
 }
 
-/// The pid of the process serving `metrics` (from `wsd_build_info`).
-fn serving_pid(metrics: std::net::SocketAddr) -> i32 {
-    let m = common::scrape(metrics);
-    let key = m
-        .keys()
-        .find(|k| k.starts_with("wsd_build_info"))
-        .expect("wsd_build_info")
-        .clone();
-    key.split("pid=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a pid label")
-}
-
 #[test]
 fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     let pki = Pki::new("upgrade");
@@ -556,7 +541,7 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     let stream = TcpStream::connect(wsd.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let (mut plain, _) = tungstenite::client("ws://localhost/", stream).unwrap();
-    let old = serving_pid(wsd.metrics_addr());
+    let old = common::serving_pid(wsd.metrics_addr());
     // SAFETY: kill(2) with a pid read from the server itself.
     assert_eq!(unsafe { libc::kill(old, libc::SIGUSR2) }, 0);
     // The TLS state cannot move: Close 1012, then close_notify.
@@ -575,7 +560,11 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
         }
     }
     assert!(wsd.wait_for_log("live upgrade: resumed").is_some());
-    assert_ne!(serving_pid(wsd.metrics_addr()), old, "a new process serves");
+    assert_ne!(
+        common::serving_pid(wsd.metrics_addr()),
+        old,
+        "a new process serves"
+    );
     // The ws:// connection moved; both listeners moved, and wss:// serves the same certificate.
     plain.send(Message::text("after the upgrade")).unwrap();
     assert_eq!(plain.read().unwrap(), Message::text("after the upgrade"));
@@ -583,7 +572,7 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     assert_eq!(served(&again), issued.der);
     echoes(&mut again, "a new wss:// connection");
     // The harness ends the process it started; the one serving now is not its child.
-    let new = serving_pid(wsd.metrics_addr());
+    let new = common::serving_pid(wsd.metrics_addr());
     // SAFETY: kill(2) with a pid read from the server itself.
     unsafe { libc::kill(new, libc::SIGKILL) };
 }

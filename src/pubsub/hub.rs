@@ -626,6 +626,7 @@ impl Hub {
         } = self;
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
         let mut idxs: Vec<u32> = Vec::new();
+        let mut lens: Vec<u32> = Vec::new();
         let mut tally = |entries: &mut [Entry], idxs: &[u32], d: Delivered| {
             for &i in idxs.iter().take(d.queued) {
                 entries[i as usize].delivered += 1;
@@ -641,7 +642,7 @@ impl Hub {
             slices.clear();
             zslices.clear();
             idxs.clear();
-            let mut lens: Vec<u32> = Vec::new();
+            lens.clear();
             let mut e = c.first;
             while e != NONE {
                 let entry = &entries[e as usize];

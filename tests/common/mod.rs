@@ -609,3 +609,19 @@ pub fn test_python() -> String {
     assert!(out.status.success(), "scripts/test-venv.sh failed");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The pid of the process serving `metrics` (from `wsd_build_info`): after a live upgrade,
+/// the new process's.
+pub fn serving_pid(metrics: SocketAddr) -> i32 {
+    let m = scrape(metrics);
+    let key = m
+        .keys()
+        .find(|k| k.starts_with("wsd_build_info"))
+        .expect("wsd_build_info")
+        .clone();
+    key.split("pid=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a pid label")
+}
