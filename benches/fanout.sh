@@ -13,7 +13,14 @@
 #   LOAD_CPU=1       core wsd-load is pinned to
 #   SERVERS="wsd broadcast"   add wsd-api / broadcast-api to publish through the HTTP API
 #                             instead (--publishers then counts HTTP connections in all, not
-#                             WebSocket publishers per channel)
+#                             WebSocket publishers per channel); add uws to measure
+#                             uWebSockets side by side (needs UWS_BIN)
+#   UWS_BIN=         a uWebSockets pub/sub server taking its port as its only argument, with
+#                    the semantics below (path = channel; a client's message goes out with
+#                    app.publish, so the sender gets it too; compression off). No registry the
+#                    test machines reach carries uWebSockets, so it is built by hand from its
+#                    repository (uWebSockets + uSockets, `g++ -O3 -flto`, LIBUS_NO_SSL) and
+#                    never by these scripts; the program is 30 lines around `App().ws<>()`.
 #   CELLS="1x10000 1x10000r20 100x100 1000x1KiBp8"   a subset of the cells below, by name
 #   WINDOW=16        publications in flight per channel in the flat-out cells (--window)
 #   IDLE="10000 19000"        idle subscribed connections measured (IDLE= skips the cell)
@@ -75,6 +82,7 @@ server_cmd() {
         wsd-api) echo "$WSD --listen $addr --max-connections 19000 --mode pubsub --api-listen $api" ;;
         broadcast) echo "$PEERS/peer-broadcast --listen $addr" ;;
         broadcast-api) echo "$PEERS/peer-broadcast --listen $addr --api-listen $api" ;;
+        uws) echo "${UWS_BIN:?SERVERS=uws needs UWS_BIN} $PORT" ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
 }
@@ -174,9 +182,10 @@ labels = {
     "1000x1KiBp8": "1 ch × 1,000 subs × 1 KiB, 8 publishers, flat out",
 }
 peer_of = {"wsd": "broadcast", "wsd-api": "broadcast-api"}
+uws = "uws" in servers
 lines = []
-lines.append("| cell | server | publications/s | deliveries/s | p99 µs | server CPU µs/delivery | client CPU µs/delivery | wsd/peer server µs/delivery |")
-lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+lines.append("| cell | server | publications/s | deliveries/s | p99 µs | server CPU µs/delivery | client CPU µs/delivery | wsd/peer server µs/delivery |" + (" wsd/uWS |" if uws else ""))
+lines.append("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if uws else ""))
 for cell in cells:
     cpu = {s: med(cell, s, lambda j: j["server_cpu_us_per_delivery"]) for s in servers}
     for s in servers:
@@ -192,7 +201,10 @@ for cell in cells:
             ratio = f"{cpu[s] / cpu[peer]:.2f}"
         bad = fails(cell, s)
         flag = f" ({bad} failed runs)" if bad else ""
-        lines.append(f"| {labels.get(cell, cell)} | {s}{flag} | {pubs:,.0f} | {rate:,.0f} | {p99:,.0f} | {cpu[s]:.3f} | {client:.3f} | {ratio} |")
+        extra = ""
+        if uws:
+            extra = f" {cpu[s] / cpu['uws']:.2f} |" if s == "wsd" and cpu.get("uws") else " |"
+        lines.append(f"| {labels.get(cell, cell)} | {s}{flag} | {pubs:,.0f} | {rate:,.0f} | {p99:,.0f} | {cpu[s]:.3f} | {client:.3f} | {ratio} |{extra}")
 try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 except Exception:

@@ -2,7 +2,7 @@
 # Resident memory per idle connection: (RSS with N idle connections - RSS with none) / N, for
 # each N given (default 10000 19000). A fresh server per N; the clients are wsd-load idle,
 # spread over source addresses 127.0.0.2-127.0.0.101 so ports never run out.
-# Usage: bash benches/idle_rss.sh [--pubsub] [--server wsd|broadcast] [N...]
+# Usage: bash benches/idle_rss.sh [--pubsub] [--server wsd|broadcast|uws] [N...]
 #   --pubsub            every connection is a subscriber: wsd runs --mode pubsub
 #                       (--client-publish true) and the clients connect to /ch0 (CHANNELS=C
 #                       spreads them over /ch0 … /ch{C-1})
@@ -28,7 +28,7 @@ counts=()
 while [ $# -gt 0 ]; do
   case $1 in
     --pubsub) pubsub=1 ;;
-    --server) server=${2:?--server needs wsd or broadcast}; shift ;;
+    --server) server=${2:?--server needs wsd, broadcast or uws}; shift ;;
     *) counts+=("$1") ;;
   esac
   shift
@@ -37,7 +37,8 @@ done
 case $server in
   wsd) ;;
   broadcast) pubsub=1 ;;
-  *) echo "unknown server $server (wsd or broadcast)" >&2; exit 2 ;;
+  uws) pubsub=1; [ -x "${UWS_BIN:-}" ] || { echo "--server uws needs UWS_BIN (see benches/fanout.sh)" >&2; exit 2; } ;;
+  *) echo "unknown server $server (wsd, broadcast or uws)" >&2; exit 2 ;;
 esac
 
 profile=${PROFILE:-release}
@@ -91,6 +92,7 @@ start_server() {
       benches/peers/target/release/peer-broadcast --listen "127.0.0.1:$port" \
         2>/tmp/wsd-idle-rss.log &
       ;;
+    uws) "$UWS_BIN" "$port" 2>/tmp/wsd-idle-rss.log & ;;
   esac
 }
 

@@ -230,6 +230,14 @@ impl Broker {
         })
     }
 
+    /// Whether a publication sent to Redis waits for its answer (it may come back to this
+    /// instance's subscribers too).
+    pub fn publishing(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|s| s.expect.iter().any(|e| matches!(e, Expect::Publish(_))))
+    }
+
     /// The answer for relayed publication `id`, once known (taken: asked once).
     pub fn take_result(&mut self, id: u64) -> Option<Option<u32>> {
         self.results.remove(&id)

@@ -113,6 +113,9 @@ const WAKER: Token = Token(usize::MAX - 9);
 pub const PUBLISH_QUEUE_CAPACITY: usize = 65_536;
 /// Jobs taken from the queue per loop turn, so other threads cannot starve the sockets.
 const JOBS_PER_TURN: usize = 4096;
+/// Longest a turn's deliveries wait for this instance's own publications to come back from
+/// the broker, so that both go out in one write per subscriber (see [`EventLoop::holds_fan_out`]).
+const COALESCE_MAX: Duration = Duration::from_millis(2);
 
 /// How the loop ended.
 #[derive(Debug)]
@@ -408,6 +411,8 @@ struct EventLoop<H> {
     broker: Option<Broker>,
     /// A drain waiting for the broker's barrier before its Close frames, until this deadline.
     drain_barrier: Option<Instant>,
+    /// Since when the fan-out waits for publications on their way back from the broker.
+    held_since: Option<Instant>,
     /// A live upgrade in progress, and what the new process is started as.
     reload: Option<Reload>,
     origin: Origin,
@@ -514,6 +519,7 @@ impl<H: Handler> EventLoop<H> {
             hub,
             broker,
             drain_barrier: None,
+            held_since: None,
             reload: None,
             origin: Origin::of_this_process(),
             handler_timer: None,
@@ -597,7 +603,10 @@ impl<H: Handler> EventLoop<H> {
         loop {
             // Work left for the next turn (reads over budget, jobs, publications made by a
             // handler's on_close during the last fan-out) means no sleeping.
-            let busy = !self.read_queue.is_empty() || !self.jobs.is_empty() || !self.hub.is_idle();
+            let held = self.held_since.is_some();
+            let busy = !self.read_queue.is_empty()
+                || !self.jobs.is_empty()
+                || (!self.hub.is_idle() && !held);
             let timeout = if !busy {
                 self.timeout(Instant::now())
             } else {
@@ -643,12 +652,12 @@ impl<H: Handler> EventLoop<H> {
             self.run_jobs();
             self.fire_handler_timer();
             self.relay();
-            self.fan_out();
+            self.fan_out_unless_held();
             self.pass_drain_barrier();
             self.advance_reload();
             self.expire_timers();
             self.send_paced_closes();
-            self.fan_out();
+            self.fan_out_unless_held();
             self.metrics.expire(self.now, self.poll.registry());
             self.api.expire(self.now, self.poll.registry());
             if let Some(drain) = &mut self.drain {
@@ -673,6 +682,7 @@ impl<H: Handler> EventLoop<H> {
             self.handler_timer,
             self.broker.as_ref().and_then(Broker::next_deadline),
             self.drain_barrier,
+            self.held_since.map(|t| t + COALESCE_MAX),
             self.reload
                 .as_ref()
                 .map(|_| self.now + Duration::from_millis(100)),
@@ -1274,9 +1284,41 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    /// The loop's fan-out, which may wait a moment (see [`EventLoop::holds_fan_out`]).
+    fn fan_out_unless_held(&mut self) {
+        if self.holds_fan_out() {
+            self.answer_api();
+        } else {
+            self.fan_out();
+        }
+    }
+
+    /// Whether the turn's deliveries wait for this instance's own publications, which are on
+    /// their way back from the broker (sent, not answered yet), at most [`COALESCE_MAX`].
+    ///
+    /// With the broker every publication makes a round trip through Redis before it reaches
+    /// the local subscribers, so under a steady stream the publications arriving from Redis
+    /// and those just sent to it form two batches, each fanned out with its own write per
+    /// subscriber. Waiting for the second lets one write carry both: the kernel's cost is
+    /// mostly per write, not per byte. Never while draining or handing over, where what is
+    /// queued must go out before the Close frames or the handover.
+    fn holds_fan_out(&mut self) -> bool {
+        let waiting = self.drain.is_none()
+            && self.reload.is_none()
+            && self.hub.has_entries()
+            && self.broker.as_ref().is_some_and(Broker::publishing);
+        if !waiting {
+            self.held_since = None;
+            return false;
+        }
+        let since = *self.held_since.get_or_insert(self.now);
+        self.now < since + COALESCE_MAX
+    }
+
     /// Delivers the turn's publications and sends (one write per connection), applies the
     /// close requests made after them, and answers the publish requests they belong to.
     fn fan_out(&mut self) {
+        self.held_since = None;
         if !self.hub.is_idle() {
             let EventLoop {
                 hub,
