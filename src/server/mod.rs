@@ -539,7 +539,13 @@ impl<H: Handler> EventLoop<H> {
     /// Installs the connections a live upgrade handed over, each where it stood.
     fn resume(&mut self, handover: Handover) {
         use std::os::fd::{FromRawFd, IntoRawFd};
-        let Handover { state, fds } = handover;
+        let Handover {
+            state,
+            fds,
+            asked,
+            received,
+            old_gone,
+        } = handover;
         let now_ms = self.now_ms();
         let mut fds = fds.into_iter();
         let (mut moved, mut lost) = (0, 0);
@@ -588,7 +594,14 @@ impl<H: Handler> EventLoop<H> {
             let sock = TcpStream::from_std(std_sock);
             let _ = self.api.import(sock, st, self.now, self.poll.registry());
         }
-        log::info!("live upgrade: resumed {moved} connections ({lost} could not be restored)");
+        let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_millis();
+        log::info!(
+            "live upgrade: resumed {moved} connections ({lost} could not be restored): state \
+             sent in {} ms, old process gone {} ms later, restored {} ms after that",
+            ms(asked, received),
+            ms(received, old_gone),
+            ms(old_gone, Instant::now())
+        );
         // The state's buffers are free again: give the pages back, so that a process that
         // took over holds no more memory than one that started fresh.
         // SAFETY: malloc_trim only releases free heap memory.

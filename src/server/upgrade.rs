@@ -17,7 +17,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::close::CloseState;
 use crate::protocol::deflate::Agreed;
@@ -103,6 +103,11 @@ pub struct State {
 pub struct Handover {
     pub state: State,
     pub fds: Vec<OwnedFd>,
+    /// When the old process began sending (our HELLO answered), when the whole state was in,
+    /// and when the old process was gone: the log line of the resume reports the phases.
+    pub asked: Instant,
+    pub received: Instant,
+    pub old_gone: Instant,
 }
 
 // ---- The format: little-endian integers, length-prefixed byte strings, a trailing checksum.
@@ -576,6 +581,7 @@ pub fn take_over() -> Result<Option<Handover>, String> {
         .unwrap_or(STATE_VERSION);
     let io = |e: io::Error| format!("handover socket: {e}");
     send(&sock, HELLO, &version.to_le_bytes(), &[]).map_err(io)?;
+    let mut asked = None;
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     let mut buf = vec![0u8; CHUNK + 16];
@@ -584,6 +590,7 @@ pub fn take_over() -> Result<Option<Handover>, String> {
             return Err("the old process sent nothing in time".into());
         }
         let n = recv(&sock, &mut buf, &mut fds).map_err(io)?;
+        asked.get_or_insert_with(Instant::now);
         match buf.get(..n) {
             Some([DATA, chunk @ ..]) => bytes.extend_from_slice(chunk),
             Some([FDS]) => {}
@@ -623,6 +630,7 @@ pub fn take_over() -> Result<Option<Handover>, String> {
         let _ = send(&sock, FAILED, why.as_bytes(), &[]);
         return Err(why);
     }
+    let received = Instant::now();
     send(&sock, TAKEN, &[], &[]).map_err(io)?;
     // The old process exits now; until its end of the socket closes it may still be writing
     // its last log lines, and it must not see us touch a socket before it is gone.
@@ -633,7 +641,13 @@ pub fn take_over() -> Result<Option<Handover>, String> {
             Ok(_) => {}
         }
     }
-    Ok(Some(Handover { state, fds }))
+    Ok(Some(Handover {
+        state,
+        fds,
+        asked: asked.unwrap_or(received),
+        received,
+        old_gone: Instant::now(),
+    }))
 }
 
 /// Makes `fd` close-on-exec again (the new process's end, once inherited).
