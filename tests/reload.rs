@@ -335,3 +335,49 @@ fn publications_cross_the_switch_exactly_once_and_in_order() {
         }
     }
 }
+
+#[test]
+fn connections_that_open_and_close_while_the_new_process_registers_move_right() {
+    // The old process presents its sockets at the new process's HELLO and hands over at its
+    // READY; the test hook holds the handover back 2 s so that, in between, one presented
+    // connection closes (its slot then taken by a new one) and another keeps talking.
+    let wsd = Wsd::start_with(
+        &["--metrics-listen", "127.0.0.1:0"],
+        &[("WSD_TEST_HANDOVER_DELAY_MS", "2000")],
+    );
+    let mut kept = upgraded(wsd.addr);
+    let mut leaving = upgraded(wsd.addr);
+    echo_works(&mut kept, "before");
+    let old = common::serving_pid(wsd.metrics_addr());
+    wsd.signal(libc::SIGUSR2);
+    assert!(
+        wsd.wait_for_log("registered 2 sockets; handing over")
+            .is_some(),
+        "no READY: {:?}",
+        wsd.logs()
+    );
+
+    // The presented connection closes: its Close is answered and its FIN comes now, although
+    // the new process holds a copy of its socket until the switch.
+    leaving
+        .write_all(&common::close_frame(1000, "leaving"))
+        .unwrap();
+    assert_eq!(common::read_until_close(&mut leaving), Some(1000));
+    assert!(common::sees_eof(&mut leaving), "no FIN before the switch");
+    // A new connection (in the freed slot) and the kept one are served by the old process.
+    let mut joined = upgraded(wsd.addr);
+    echo_works(&mut joined, "joined before the switch");
+    echo_works(&mut kept, "kept before the switch");
+    assert_eq!(
+        wsd.log_count("live upgrade: resumed"),
+        0,
+        "switched too early"
+    );
+
+    assert!(wsd.wait_for_log_count("live upgrade: resumed 2 connections (0 could not", 1));
+    let new = common::serving_pid(wsd.metrics_addr());
+    assert_ne!(new, old, "a new process serves");
+    echo_works(&mut joined, "joined after the switch");
+    echo_works(&mut kept, "kept after the switch");
+    assert_eq!(scrape(wsd.metrics_addr())["wsd_connections_open"], 2.0);
+}

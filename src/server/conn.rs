@@ -815,6 +815,8 @@ impl Conn {
             | u8::from(self.eof_signalled) << 3
             | u8::from(self.counted) << 4;
         ConnState {
+            key: 0, // The caller's to set, with `presented`.
+            presented: false,
             phase: match self.phase {
                 Phase::Handshake => 0,
                 Phase::Open => 1,

@@ -113,6 +113,8 @@ const WAKER: Token = Token(usize::MAX - 9);
 pub const PUBLISH_QUEUE_CAPACITY: usize = 65_536;
 /// Jobs taken from the queue per loop turn, so other threads cannot starve the sockets.
 const JOBS_PER_TURN: usize = 4096;
+/// Largest connection key a live upgrade's state may carry (keys are slab slots, dense from 0).
+const MAX_HANDED_OVER_KEY: usize = 1 << 24;
 /// Longest a turn's deliveries wait for this instance's own publications to come back from
 /// the broker, so that both go out in one write per subscriber (see [`EventLoop::holds_fan_out`]).
 const COALESCE_MAX: Duration = Duration::from_millis(2);
@@ -245,7 +247,8 @@ impl Server {
             .transpose()?;
         handover.fds = fds.collect();
         let sides = Sides { metrics, api, tls };
-        let mut server = Server::new(config, listener, sides)?;
+        let poll = handover.poll.take().map_or_else(Poll::new, Ok)?;
+        let mut server = Server::with_poll(config, listener, sides, poll)?;
         server.handover = Some(handover);
         Ok(server)
     }
@@ -253,6 +256,17 @@ impl Server {
     /// Binds what was not passed in, loads the certificate, and makes the poll and the
     /// publishers' queue.
     fn new(config: Config, listener: TcpListener, sides: Sides) -> io::Result<Server> {
+        Server::with_poll(config, listener, sides, Poll::new()?)
+    }
+
+    /// As [`Server::new`], with a poll made before (a live upgrade's, which the presented
+    /// connections are registered with already).
+    fn with_poll(
+        config: Config,
+        listener: TcpListener,
+        sides: Sides,
+        poll: Poll,
+    ) -> io::Result<Server> {
         let Sides { metrics, api, tls } = sides;
         let certified = config
             .load_tls()
@@ -276,7 +290,6 @@ impl Server {
             Some(l) => Some(l),
             None => bind_side(config.api_listen, config.reuse_port)?,
         };
-        let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         Ok(Server {
             config,
@@ -542,34 +555,49 @@ impl<H: Handler> EventLoop<H> {
         let Handover {
             state,
             fds,
+            mut presented,
             asked,
             received,
             old_gone,
+            ..
         } = handover;
         let now_ms = self.now_ms();
         let mut fds = fds.into_iter();
         let (mut moved, mut lost) = (0, 0);
+        // Each connection keeps its key (the token its presented socket is registered under).
+        let mut slots: Vec<(usize, Conn)> = Vec::with_capacity(state.conns.len());
+        let mut taken = std::collections::HashSet::with_capacity(state.conns.len());
         for st in state.conns {
-            let Some(fd) = fds.next() else { break };
-            // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
-            let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-            let mut sock = TcpStream::from_std(std_sock);
-            let entry = self.conns.vacant_entry();
-            let id = ConnId(entry.key());
-            let registered = self.poll.registry().register(
-                &mut sock,
-                Token(id.0),
-                Interest::READABLE | Interest::WRITABLE,
-            );
+            let key = st.key as usize;
+            let sock = if st.presented {
+                presented.remove(&st.key)
+            } else {
+                fds.next().and_then(|fd| {
+                    // A socket presented under this key was closed since, the key reused.
+                    if let Some(mut stale) = presented.remove(&st.key) {
+                        let _ = self.poll.registry().deregister(&mut stale);
+                    }
+                    // SAFETY: the descriptor came over SCM_RIGHTS and is owned by nothing else.
+                    let std_sock = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                    let mut sock = TcpStream::from_std(std_sock);
+                    let registered = self.poll.registry().register(
+                        &mut sock,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    registered.ok().map(|()| sock)
+                })
+            };
             let remaining = st.remaining_ms.map(Duration::from_millis);
             let channels = st.channels.clone();
-            let conn = registered
-                .ok()
-                .and_then(|()| Conn::import(sock, &self.config, st, now_ms));
+            let conn = sock
+                .filter(|_| key < MAX_HANDED_OVER_KEY && taken.insert(key))
+                .and_then(|sock| Conn::import(sock, &self.config, st, now_ms));
             let Some(conn) = conn else {
                 lost += 1;
                 continue;
             };
+            let id = ConnId(key);
             if conn.counted {
                 self.counted += 1;
             }
@@ -578,15 +606,22 @@ impl<H: Handler> EventLoop<H> {
             }
             let deflate = conn.session.deflate().map(|a| a.server_window);
             self.hub.set_deflate(id, deflate);
-            entry.insert(conn);
             if let Some(after) = remaining {
                 self.wheel.arm(id.0, self.now + after);
             }
             for name in channels {
                 let _ = self.hub.subscribe(id, &name);
             }
+            slots.push((key, conn));
             moved += 1;
         }
+        // Presented sockets the state left out: closed by the old process since.
+        for (_, mut stale) in presented.drain() {
+            let _ = self.poll.registry().deregister(&mut stale);
+        }
+        let mut conns: Slab<Conn> = slots.into_iter().collect();
+        conns.reserve(self.config.max_connections.saturating_sub(conns.len()));
+        self.conns = conns;
         for st in state.api_conns {
             let Some(fd) = fds.next() else { break };
             // SAFETY: as above.
@@ -1197,6 +1232,9 @@ impl<H: Handler> EventLoop<H> {
 
     fn remove(&mut self, id: ConnId, ending: Ending) {
         let mut conn = self.conns.remove(id.0);
+        if let Some(reload) = &mut self.reload {
+            reload.forget(id.0, &conn.sock);
+        }
         conn.release(&mut self.scratch.pool);
         self.wheel.cancel(id.0);
         let _ = self.poll.registry().deregister(&mut conn.sock);

@@ -1,7 +1,9 @@
-//! The old process's side of a live upgrade, in the loop: SIGUSR2 starts the new process, its
-//! HELLO freezes this one and hands everything over (see [`super::upgrade`]); a failure leaves
-//! this process serving as before.
+//! The old process's side of a live upgrade, in the loop: SIGUSR2 starts the new process; at
+//! its HELLO this one presents every connection's socket and serves on; at its READY it
+//! freezes and hands everything over (see [`super::upgrade`]). A failure leaves this process
+//! serving as before.
 
+use std::collections::HashSet;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,8 +25,28 @@ pub struct Reload {
     child: Child,
     sock: OwnedFd,
     started: Instant,
-    /// The new process said HELLO: the handover runs as soon as no answer waits.
-    ready: bool,
+    /// The new process said HELLO and was presented the sockets of these connections (keys);
+    /// one closed since leaves the set.
+    presented: Option<HashSet<usize>>,
+    /// The new process said READY (it registered them): the handover runs as soon as no
+    /// answer waits, and not before this moment (a test hook holds it back).
+    ready_at: Option<Instant>,
+}
+
+/// Test hook: how long the old process waits from READY to the handover, in ms (so that a
+/// test can open and close connections in between).
+pub const TEST_HANDOVER_DELAY_ENV: &str = "WSD_TEST_HANDOVER_DELAY_MS";
+
+impl Reload {
+    /// A presented connection is going away: its socket is shut down now, since the copy the
+    /// new process holds would otherwise keep it open until the handover.
+    pub(super) fn forget(&mut self, key: usize, sock: &mio::net::TcpStream) {
+        if let Some(presented) = &mut self.presented {
+            if presented.remove(&key) {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
 }
 
 /// The binary and arguments this process was started with, for the new process (read at
@@ -99,20 +121,39 @@ impl<H: Handler> EventLoop<H> {
             child,
             sock: ours,
             started: self.now,
-            ready: false,
+            presented: None,
+            ready_at: None,
         })
     }
 
-    /// The new process wrote (HELLO) or went away.
+    /// The new process wrote (HELLO, then READY) or went away.
     pub(super) fn serve_reload(&mut self) {
         let Some(reload) = &mut self.reload else {
             return;
         };
-        if reload.ready {
+        if reload.ready_at.is_some() {
+            return;
+        }
+        if reload.presented.is_some() {
+            match upgrade::read_ready(&reload.sock) {
+                Ok(()) => {
+                    let delay = std::env::var(TEST_HANDOVER_DELAY_ENV)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis);
+                    log::info!(
+                        "reload: pid {} registered {} sockets; handing over",
+                        reload.child.id(),
+                        reload.presented.as_ref().map_or(0, HashSet::len)
+                    );
+                    reload.ready_at = Some(self.now + delay);
+                }
+                Err(why) => self.abort_reload(&why),
+            }
             return;
         }
         match upgrade::read_hello(&reload.sock) {
-            Ok(version) if version == STATE_VERSION => reload.ready = true,
+            Ok(version) if version == STATE_VERSION => self.present(),
             Ok(version) => {
                 let why = format!(
                     "the new binary reads state version {version}, this one writes {STATE_VERSION}"
@@ -133,8 +174,24 @@ impl<H: Handler> EventLoop<H> {
         if self.now.duration_since(reload.started) > UPGRADE_TIMEOUT {
             return self.abort_reload("the new process was not ready in time");
         }
-        if reload.ready && !self.api.has_waiting_answers() {
+        let due = reload.ready_at.is_some_and(|at| at <= self.now);
+        if due && !self.api.has_waiting_answers() {
             self.hand_over();
+        }
+    }
+
+    /// HELLO: presents every connection's socket to the new process (it registers them while
+    /// this process serves on) and waits for its READY.
+    fn present(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let fds: Vec<RawFd> = self.conns.iter().map(|(_, c)| c.sock.as_raw_fd()).collect();
+        let key_numbers: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        let Some(reload) = &mut self.reload else {
+            return;
+        };
+        match upgrade::present(&reload.sock, &key_numbers, &fds) {
+            Ok(()) => reload.presented = Some(keys.into_iter().collect()),
+            Err(why) => self.abort_reload(&why),
         }
     }
 
@@ -162,6 +219,7 @@ impl<H: Handler> EventLoop<H> {
             has_tls: tls.is_some(),
             ..State::default()
         };
+        let presented = self.reload.as_mut().and_then(|r| r.presented.take());
         for (key, conn) in self.conns.iter() {
             let remaining = self
                 .wheel
@@ -172,8 +230,13 @@ impl<H: Handler> EventLoop<H> {
                 .channels_of(ConnId(key))
                 .map(str::to_string)
                 .collect();
-            state.conns.push(conn.export(now_ms, remaining, channels));
-            fds.push(conn.sock.as_raw_fd());
+            let mut st = conn.export(now_ms, remaining, channels);
+            st.key = key as u32;
+            st.presented = presented.as_ref().is_some_and(|p| p.contains(&key));
+            if !st.presented {
+                fds.push(conn.sock.as_raw_fd());
+            }
+            state.conns.push(st);
         }
         for (fd, api_conn) in self.api.export() {
             state.api_conns.push(api_conn);

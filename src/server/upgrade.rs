@@ -8,12 +8,20 @@
 //!    its own arguments and `WSD_UPGRADE_FD` naming the child's end.
 //! 2. The new process parses its config (a bad one exits 78: the old one keeps serving) and
 //!    sends `HELLO` with the state version it reads.
-//! 3. The old process stops reading, delivers what is queued for the turn, and sends the state
-//!    (versioned, checksummed, in chunks) and the descriptors (`SCM_RIGHTS`, in batches).
-//! 4. The new process checks and decodes it all and answers `TAKEN`; the old one tells systemd
+//! 3. While it goes on serving, the old process presents every connection's socket
+//!    (`PRESENT`: slab keys and descriptors in batches, then `PRESENTED`); the new process
+//!    registers each with its own poll under the same key and answers `READY`. Registering
+//!    10,000 sockets takes 10–20 ms, which no client waits for this way.
+//! 4. The old process stops reading, delivers what is queued for the turn, and sends the state
+//!    (versioned, checksummed, in chunks) and the descriptors it did not present: the
+//!    listeners, connections accepted since, API connections (`SCM_RIGHTS`, in batches).
+//!    A presented connection closed since is left out of the state; the new process drops
+//!    its copy.
+//! 5. The new process checks and decodes it all and answers `TAKEN`; the old one tells systemd
 //!    the new main PID and exits 0. Any failure before `TAKEN` (exit, crash, bad config,
 //!    unknown version, timeout) leaves the old process serving as before, and logs why.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,7 +34,7 @@ use crate::protocol::session::SessionState;
 
 /// The state format this binary writes and reads. A new process that reads another refuses
 /// the handover (the old one keeps serving).
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 /// The first bytes of the state.
 const MAGIC: &[u8; 4] = b"WSDU";
 /// Environment variable naming the new process's end of the handover socket.
@@ -48,10 +56,17 @@ const FDS: u8 = b'F';
 const END: u8 = b'E';
 const TAKEN: u8 = b'T';
 const FAILED: u8 = b'X';
+const PRESENT: u8 = b'P';
+const PRESENTED: u8 = b'Q';
+const READY: u8 = b'R';
 
 /// One WebSocket connection as the new process needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnState {
+    /// Its key (and poll token) in the old process, kept in the new one.
+    pub key: u32,
+    /// Its socket was presented before the switch (else it travels with the state).
+    pub presented: bool,
     /// 0 handshake, 1 open, 2 closing, 3 closing with our side shut down.
     pub phase: u8,
     /// The timer's kind (see `conn::Timer`) and the time left on it.
@@ -103,6 +118,10 @@ pub struct State {
 pub struct Handover {
     pub state: State,
     pub fds: Vec<OwnedFd>,
+    /// The poll the presented sockets are registered with, each under its key.
+    pub poll: Option<mio::Poll>,
+    /// The presented sockets, by key (those the state leaves out were closed since).
+    pub presented: HashMap<u32, mio::net::TcpStream>,
     /// When the old process began sending (our HELLO answered), when the whole state was in,
     /// and when the old process was gone: the log line of the resume reports the phases.
     pub asked: Instant,
@@ -201,6 +220,9 @@ pub fn encode(state: &State) -> Vec<u8> {
     w.u8(u8::from(state.has_metrics) | u8::from(state.has_api) << 1 | u8::from(state.has_tls) << 2);
     w.u64(state.conns.len() as u64);
     for c in &state.conns {
+        // Version 3: the key, and whether the socket was presented.
+        w.u32(c.key);
+        w.u8(u8::from(c.presented));
         w.u8(c.phase);
         w.u8(c.timer);
         w.u64(c.remaining_ms.unwrap_or(NONE_U64));
@@ -289,6 +311,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     };
     let n = r.u64()?;
     for _ in 0..n {
+        let key = r.u32()?;
+        let presented = r.u8()? != 0;
         let phase = r.u8()?;
         let timer = r.u8()?;
         let remaining_ms = Some(r.u64()?).filter(|&v| v != NONE_U64);
@@ -340,6 +364,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
             .map(|_| r.string())
             .collect::<Result<Vec<_>, _>>()?;
         state.conns.push(ConnState {
+            key,
+            presented,
             phase,
             timer,
             remaining_ms,
@@ -541,6 +567,33 @@ pub fn send_state(sock: &OwnedFd, state: &State, fds: &[RawFd]) -> Result<(), St
     }
 }
 
+/// Presents the connections' sockets (keys and descriptors, in batches) to the new process,
+/// which registers them while this process serves on.
+pub fn present(sock: &OwnedFd, keys: &[u32], fds: &[RawFd]) -> Result<(), String> {
+    let io = |e: io::Error| format!("presenting the sockets: {e}");
+    for (keys, fds) in keys
+        .chunks(FDS_PER_MESSAGE)
+        .zip(fds.chunks(FDS_PER_MESSAGE))
+    {
+        let data: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+        send(sock, PRESENT, &data, fds).map_err(io)?;
+    }
+    send(sock, PRESENTED, &[], &[]).map_err(io)
+}
+
+/// Reads the new process's READY: every presented socket is registered.
+pub fn read_ready(sock: &OwnedFd) -> Result<(), String> {
+    let mut buf = [0u8; 256];
+    let mut none = Vec::new();
+    let n = recv(sock, &mut buf, &mut none).map_err(|e| format!("{e}"))?;
+    match buf.get(..n) {
+        Some([READY, ..]) => Ok(()),
+        Some([]) | None => Err("the new process exited before it was ready".into()),
+        Some([FAILED, why @ ..]) => Err(String::from_utf8_lossy(why).into_owned()),
+        _ => Err("unexpected message from the new process".into()),
+    }
+}
+
 /// Reads the new process's HELLO: the state version it reads.
 pub fn read_hello(sock: &OwnedFd) -> Result<u32, String> {
     let mut buf = [0u8; 256];
@@ -581,10 +634,12 @@ pub fn take_over() -> Result<Option<Handover>, String> {
         .unwrap_or(STATE_VERSION);
     let io = |e: io::Error| format!("handover socket: {e}");
     send(&sock, HELLO, &version.to_le_bytes(), &[]).map_err(io)?;
+    let mut buf = vec![0u8; CHUNK + 16];
+    let (poll, presented) = take_presented(&sock, &mut buf)?;
+    send(&sock, READY, &[], &[]).map_err(io)?;
     let mut asked = None;
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
-    let mut buf = vec![0u8; CHUNK + 16];
     loop {
         if !wait_readable(&sock, UPGRADE_TIMEOUT).map_err(io)? {
             return Err("the old process sent nothing in time".into());
@@ -623,7 +678,7 @@ pub fn take_over() -> Result<Option<Handover>, String> {
         + usize::from(state.has_metrics)
         + usize::from(state.has_api)
         + usize::from(state.has_tls)
-        + state.conns.len()
+        + state.conns.iter().filter(|c| !c.presented).count()
         + state.api_conns.len();
     if fds.len() != expected {
         let why = format!("{} descriptors for {expected} sockets", fds.len());
@@ -644,10 +699,59 @@ pub fn take_over() -> Result<Option<Handover>, String> {
     Ok(Some(Handover {
         state,
         fds,
+        poll: Some(poll),
+        presented,
         asked: asked.unwrap_or(received),
         received,
         old_gone: Instant::now(),
     }))
+}
+
+/// The new process's side of step 3: takes every presented socket (all of them first, so
+/// that the old process, whose sends block once a few messages queue, is free again at
+/// once), then registers each with a new poll under its key.
+fn take_presented(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> Result<(mio::Poll, HashMap<u32, mio::net::TcpStream>), String> {
+    use mio::{Interest, Token};
+    let io = |e: io::Error| format!("handover socket: {e}");
+    let mut taken: Vec<(u32, OwnedFd)> = Vec::new();
+    loop {
+        if !wait_readable(sock, UPGRADE_TIMEOUT).map_err(io)? {
+            return Err("the old process presented nothing in time".into());
+        }
+        let mut fds = Vec::new();
+        let n = recv(sock, buf, &mut fds).map_err(io)?;
+        match buf.get(..n) {
+            Some([PRESENT, keys @ ..]) if keys.len() == 4 * fds.len() => {
+                let keys = keys
+                    .chunks_exact(4)
+                    .map(|k| u32::from_le_bytes(k.try_into().unwrap_or_default()));
+                taken.extend(keys.zip(fds));
+            }
+            Some([PRESENT, ..]) => return Err("presented keys and sockets do not match".into()),
+            Some([PRESENTED]) => break,
+            Some([REFUSE, why @ ..]) => {
+                return Err(format!(
+                    "the running process refused: {}",
+                    String::from_utf8_lossy(why)
+                ))
+            }
+            _ => return Err("the old process went away before the transfer".into()),
+        }
+    }
+    let poll = mio::Poll::new().map_err(io)?;
+    let mut presented = HashMap::with_capacity(taken.len());
+    for (key, fd) in taken {
+        let mut s = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        poll.registry()
+            .register(&mut s, Token(key as usize), interest)
+            .map_err(io)?;
+        presented.insert(key, s);
+    }
+    Ok((poll, presented))
 }
 
 /// Makes `fd` close-on-exec again (the new process's end, once inherited).
@@ -670,6 +774,8 @@ mod tests {
             has_api: false,
             has_tls: true,
             conns: vec![ConnState {
+                key: 7,
+                presented: true,
                 phase: 1,
                 timer: 2,
                 remaining_ms: Some(1234),
