@@ -619,6 +619,7 @@ impl<H: Handler> EventLoop<H> {
         for (_, mut stale) in presented.drain() {
             let _ = self.poll.registry().deregister(&mut stale);
         }
+        drop((presented, taken)); // Before the trim below: their pages go back too.
         let mut conns: Slab<Conn> = slots.into_iter().collect();
         conns.reserve(self.config.max_connections.saturating_sub(conns.len()));
         self.conns = conns;
@@ -629,6 +630,7 @@ impl<H: Handler> EventLoop<H> {
             let sock = TcpStream::from_std(std_sock);
             let _ = self.api.import(sock, st, self.now, self.poll.registry());
         }
+        drop(fds);
         let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_millis();
         log::info!(
             "live upgrade: resumed {moved} connections ({lost} could not be restored): state \
