@@ -381,3 +381,42 @@ fn connections_that_open_and_close_while_the_new_process_registers_move_right() 
     echo_works(&mut kept, "kept after the switch");
     assert_eq!(scrape(wsd.metrics_addr())["wsd_connections_open"], 2.0);
 }
+
+#[test]
+fn a_new_process_that_falls_silent_after_hello_fails_the_reload_and_the_old_one_serves_on() {
+    // A new process that says HELLO and then neither reads what it is presented nor answers
+    // READY: the old one gives up at the upgrade's timeout (a send that would block gives up
+    // sooner, SO_SNDTIMEO) and serves on, having moved nothing.
+    let bin = Binary::copy();
+    let mut cmd = std::process::Command::new(bin.path());
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let wsd = Wsd::spawn(cmd);
+    let pid = wsd.pid();
+    let mut s = upgraded(wsd.addr);
+    let version = wsd::server::STATE_VERSION;
+    bin.replace_with(&format!(
+        "#!/usr/bin/env python3\nimport os, socket, time\n\
+         s = socket.socket(fileno=int(os.environ['WSD_UPGRADE_FD']))\n\
+         s.send(b'H' + ({version}).to_bytes(4, 'little'))\ntime.sleep(60)\n"
+    ));
+    wsd.signal(libc::SIGUSR2);
+    // While it waits, the old process goes on serving.
+    assert!(wsd.wait_for_log("waiting for it to take over").is_some());
+    echo_works(&mut s, "while the new process is silent");
+    assert!(
+        wsd.wait_for_log_count("reload failed", 1),
+        "no failure logged: {:?}",
+        wsd.logs()
+    );
+    assert!(wsd
+        .logs()
+        .iter()
+        .any(|l| l.contains("the new process was not ready in time")));
+    echo_works(&mut s, "after a new process that fell silent");
+    assert_eq!(common::serving_pid(wsd.metrics_addr()), pid);
+    assert_eq!(scrape(wsd.metrics_addr())["wsd_connections_open"], 1.0);
+}

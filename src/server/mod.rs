@@ -51,6 +51,7 @@ use notify::Notifier;
 use reload::{Origin, Reload, RELOAD};
 use timers::Wheel;
 use upgrade::Handover;
+pub use upgrade::STATE_VERSION;
 
 /// The [`Context`] a connection is served with. A macro rather than a method because it borrows
 /// fields of the loop beside `self.conns`, where the connection itself is borrowed from.

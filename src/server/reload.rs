@@ -105,6 +105,7 @@ impl<H: Handler> EventLoop<H> {
 
     fn spawn_new_process(&mut self) -> std::io::Result<Reload> {
         let (ours, theirs) = upgrade::socket_pair()?;
+        upgrade::bound_sends(&ours, upgrade::SEND_TIMEOUT)?;
         upgrade::inheritable(&theirs)?;
         let child = Command::new(&self.origin.exe)
             .args(&self.origin.args)

@@ -41,6 +41,8 @@ const MAGIC: &[u8; 4] = b"WSDU";
 pub const UPGRADE_FD_ENV: &str = "WSD_UPGRADE_FD";
 /// Test hook: the state version a new process claims to read (to test a mismatch).
 pub const TEST_VERSION_ENV: &str = "WSD_TEST_STATE_VERSION";
+/// Longest one send of the old process may block on a new process that does not read.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest the old process waits for the new one, from its start to `TAKEN`.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of state per message (well under the socket's buffer).
@@ -415,6 +417,29 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Bounds how long a send on `fd` may block (`SO_SNDTIMEO`): a new process that stops
+/// reading fails the upgrade instead of freezing the old one.
+pub fn bound_sends(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on a socket we own, with a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Lets `fd` survive `exec` (the child's end of the pair).
