@@ -28,6 +28,25 @@ fn echoes(ws: &mut common::tls::TlsClient, text: &str) {
     }
 }
 
+/// Reads the server's Close (`code`, `reason`), then the end of the stream, which must come
+/// with close_notify: rustls reports an end without one as an error (UnexpectedEof).
+fn closed_with_close_notify(ws: &mut common::tls::TlsClient, code: u16, reason: &str) {
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), code);
+            assert_eq!(frame.reason, reason);
+        }
+        other => panic!("expected Close {code}, got {other:?}"),
+    }
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("the TLS stream did not end cleanly: {e}"),
+        }
+    }
+}
+
 #[test]
 fn python_websockets_echoes_over_tls_1_2_and_1_3() {
     let pki = Pki::new("python");
@@ -189,22 +208,8 @@ fn the_drain_sends_close_1001_then_close_notify() {
     let mut ws = pki.connect_wss(wsd.addr, "/");
     echoes(&mut ws, "before the drain");
     wsd.signal(libc::SIGTERM);
-    match ws.read().unwrap() {
-        Message::Close(Some(frame)) => {
-            assert_eq!(frame.code, CloseCode::Away);
-            assert_eq!(frame.reason, "bye over tls");
-        }
-        other => panic!("expected Close 1001, got {other:?}"),
-    }
-    // tungstenite answers the Close; then the stream must end with close_notify: rustls
-    // reports an end without one as an error (UnexpectedEof), not as a clean close.
-    loop {
-        match ws.read() {
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(e) => panic!("the TLS stream did not end cleanly: {e}"),
-        }
-    }
+    // tungstenite answers the Close; then the stream must end with close_notify.
+    closed_with_close_notify(&mut ws, u16::from(CloseCode::Away), "bye over tls");
     // Our close_notify in turn lets wsd end the connection without waiting for a FIN.
     let stream = ws.get_mut();
     stream.conn.send_close_notify();
@@ -545,20 +550,7 @@ fn a_live_upgrade_closes_wss_with_1012_and_moves_both_listeners() {
     // SAFETY: kill(2) with a pid read from the server itself.
     assert_eq!(unsafe { libc::kill(old, libc::SIGUSR2) }, 0);
     // The TLS state cannot move: Close 1012, then close_notify.
-    match secure.read().unwrap() {
-        Message::Close(Some(frame)) => {
-            assert_eq!(u16::from(frame.code), 1012);
-            assert_eq!(frame.reason, "service restart");
-        }
-        other => panic!("expected Close 1012, got {other:?}"),
-    }
-    loop {
-        match secure.read() {
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(e) => panic!("the TLS stream did not end cleanly: {e}"),
-        }
-    }
+    closed_with_close_notify(&mut secure, 1012, "service restart");
     assert!(wsd.wait_for_log("live upgrade: resumed").is_some());
     assert_ne!(
         common::serving_pid(wsd.metrics_addr()),

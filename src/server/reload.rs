@@ -184,14 +184,16 @@ impl<H: Handler> EventLoop<H> {
     /// HELLO: presents every connection's socket to the new process (it registers them while
     /// this process serves on) and waits for its READY.
     fn present(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        let fds: Vec<RawFd> = self.conns.iter().map(|(_, c)| c.sock.as_raw_fd()).collect();
-        let key_numbers: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        let (keys, fds): (Vec<u32>, Vec<RawFd>) = self
+            .conns
+            .iter()
+            .map(|(key, c)| (key as u32, c.sock.as_raw_fd()))
+            .unzip();
         let Some(reload) = &mut self.reload else {
             return;
         };
-        match upgrade::present(&reload.sock, &key_numbers, &fds) {
-            Ok(()) => reload.presented = Some(keys.into_iter().collect()),
+        match upgrade::present(&reload.sock, &keys, &fds) {
+            Ok(()) => reload.presented = Some(keys.iter().map(|&k| k as usize).collect()),
             Err(why) => self.abort_reload(&why),
         }
     }
